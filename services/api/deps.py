@@ -1,0 +1,28 @@
+"""What route handlers depend on, built once in the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from services.api.metrics import ApiMetrics
+from shared.config import Settings
+from shared.nats import Topology
+from shared.tasks import TaskStore
+
+
+@dataclass
+class ApiContext:
+    settings: Settings
+    topology: Topology
+    store: TaskStore
+    metrics: ApiMetrics
+
+
+def get_context(request: Request) -> ApiContext:
+    return request.app.state.context
+
+
+ContextDep = Annotated[ApiContext, Depends(get_context)]

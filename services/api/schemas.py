@@ -1,0 +1,57 @@
+"""Request and response bodies of the REST API (the shapes of ../API-REFERENCE.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+
+from shared.messages import TASK_NAME
+
+
+class SubmitTaskRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "task_name": TASK_NAME,
+                    "args": ["https://example.com/input.jpg", "https://s3.amazonaws.com/bucket/output.jpg"],
+                    "kwargs": {},
+                    "priority": 5,
+                    "sync": False,
+                }
+            ]
+        },
+    )
+
+    task_name: str = Field(description="Name of the task to execute")
+    args: list[Any] = Field(default_factory=list, description="[input_url, output_url]")
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Optional: model, outscale, tile, tile_pad, pre_pad, denoise_strength, output_format",
+    )
+    priority: StrictInt = Field(default=5, ge=0, le=10, description="0 (lowest) to 10 (highest)")
+    sync: StrictBool = Field(default=False, description="Wait for completion (bounded by TM_SYNC_WAIT_S)")
+
+
+class SubmitTaskResponse(BaseModel):
+    task_id: str
+    state: str
+    submitted_at: str
+
+
+class CleanupResponse(BaseModel):
+    status: str
+    message: str
+
+
+class HealthResponse(BaseModel):
+    status: str
+    service: str
+    version: str
+    detail: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    detail: str

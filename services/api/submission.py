@@ -1,0 +1,87 @@
+"""Turning a submission into a validated task, or a 400 naming the field at fault.
+
+Everything that can be known wrong at submission is refused here, so that a bad request never
+becomes a task that fails later: the task name, both URLs, and every upscaler option.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import ValidationError
+
+from services.api.schemas import SubmitTaskRequest
+from services.uploader.destinations import parse_destination
+from services.upscaler.options import validate_options
+from shared.errors import InputError
+from shared.images import OUTPUT_FORMATS, format_for_path
+from shared.messages import TASK_NAME, UpscaleOptions
+
+INPUT_SCHEMES = ("http", "https", "s3", "file")
+KNOWN_TASKS = (TASK_NAME,)
+
+
+class SubmissionError(ValueError):
+    """A 400: the message names the offending field."""
+
+
+def _check_input_url(url: Any) -> str:
+    if not isinstance(url, str) or not url:
+        raise SubmissionError("args[0]: the input URL must be a non-empty string")
+    parts = urlsplit(url)
+    if parts.scheme not in INPUT_SCHEMES:
+        raise SubmissionError(
+            f"args[0]: unsupported URL scheme {parts.scheme!r}; use {', '.join(INPUT_SCHEMES)}"
+        )
+    if parts.scheme != "file" and not parts.netloc:
+        raise SubmissionError(f"args[0]: URL has no host or bucket: {url!r}")
+    return url
+
+
+def _check_output_url(url: Any, s3_endpoint: str | None) -> str:
+    if not isinstance(url, str) or not url:
+        raise SubmissionError("args[1]: the output URL must be a non-empty string")
+    try:
+        parse_destination(url, s3_endpoint=s3_endpoint)
+    except InputError as exc:
+        raise SubmissionError(f"args[1]: {exc}") from exc
+    return url
+
+
+def _check_options(kwargs: dict[str, Any], output_url: str) -> UpscaleOptions:
+    known = set(UpscaleOptions.model_fields)
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise SubmissionError(f"kwargs.{unknown[0]}: unknown option; known: {', '.join(sorted(known))}")
+    try:
+        options = UpscaleOptions.model_validate(kwargs)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        raise SubmissionError(f"kwargs.{field}: {first['msg']}") from exc
+    try:
+        validate_options(options)
+    except ValueError as exc:
+        raise SubmissionError(str(exc)) from exc
+    if options.output_format is None and format_for_path(output_url) is None:
+        raise SubmissionError(
+            f"args[1]: cannot tell the output format from {output_url!r}; end the key in "
+            f".png, .jpg or .webp, or set kwargs.output_format to one of {', '.join(OUTPUT_FORMATS)}"
+        )
+    return options
+
+
+def validate_submission(
+    request: SubmitTaskRequest, s3_endpoint: str | None
+) -> tuple[str, str, UpscaleOptions]:
+    """Return (input_url, output_url, options) or raise SubmissionError."""
+    if request.task_name not in KNOWN_TASKS:
+        raise SubmissionError(
+            f"task_name: unknown task {request.task_name!r}; known: {', '.join(KNOWN_TASKS)}"
+        )
+    if len(request.args) != 2:
+        raise SubmissionError(f"args: expected [input_url, output_url], got {len(request.args)} item(s)")
+    input_url = _check_input_url(request.args[0])
+    output_url = _check_output_url(request.args[1], s3_endpoint)
+    return input_url, output_url, _check_options(request.kwargs, output_url)

@@ -1,0 +1,58 @@
+"""Uploader: deliver the result to the output URL, then mark the task SUCCESS and clean up."""
+
+from __future__ import annotations
+
+import os
+
+import aioboto3
+import httpx
+
+from services.uploader.s3 import write_output
+from shared.blobs import discard_task_blobs, read_blob
+from shared.config import Settings
+from shared.images import OUTPUT_FORMATS, output_format
+from shared.messages import TaskMessage, output_object
+from shared.nats import Topology
+from shared.stage import Handler, Job
+from shared.tasks import TaskStore
+
+
+def task_result(task: TaskMessage) -> dict:
+    """The reference's `result` plus what users want to know about the output."""
+    return {
+        "task_id": task.task_id,
+        "input_url": task.input_url,
+        "output_url": task.output_url,
+        "classification": task.classification.model_dump(mode="json") if task.classification else None,
+        "output_width": task.output_width,
+        "output_height": task.output_height,
+        "output_format": output_format(task.options.output_format, task.output_url),
+        "model": task.model_used,
+    }
+
+
+def s3_endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+async def make_handler(topology: Topology, settings: Settings) -> Handler:
+    http = httpx.AsyncClient(timeout=httpx.Timeout(settings.fetch_timeout_s))
+    s3_session = aioboto3.Session()
+    store = TaskStore(topology.tasks, topology.js)
+
+    async def handle(job: Job) -> None:
+        task = job.task
+        data = await read_blob(topology.blobs, output_object(task.task_id))
+        await write_output(
+            task.output_url,
+            data,
+            OUTPUT_FORMATS[output_format(task.options.output_format, task.output_url)],
+            http=http,
+            s3_session=s3_session,
+            s3_endpoint=s3_endpoint(),
+            allow_private=settings.fetch_allow_private_networks,
+        )
+        await store.update(task.task_id, lambda s: s.succeed(task_result(task)))
+        await discard_task_blobs(topology.blobs, task.task_id)
+
+    return handle

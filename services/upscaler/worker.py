@@ -1,0 +1,79 @@
+"""Upscaler: run the super-resolution model on the stored input and store the result."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from services.upscaler.engine import Upscaler
+from services.upscaler.gate import PriorityGate
+from shared.blobs import read_blob, write_blob
+from shared.config import Settings
+from shared.images import encode_image, open_image, output_format
+from shared.messages import Category, TaskMessage, input_object, output_object
+from shared.nats import Topology
+from shared.stage import Handler, Job
+from shared.state import TaskFinishedError
+from shared.tasks import TaskGoneError
+
+log = structlog.get_logger()
+
+
+class ProgressBridge:
+    """Carries tile progress from the inference thread to the task state, and a revocation back.
+
+    The thread never waits on NATS: it schedules an update when the previous one is done, and
+    raises (aborting inference at the next tile) once an update finds the task ended or deleted.
+    """
+
+    def __init__(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
+        self._job = job
+        self._loop = loop
+        self._pending: Any = None
+        self._ended: Exception | None = None
+
+    def __call__(self, fraction: float) -> None:
+        if self._ended is not None:
+            raise self._ended
+        if self._pending is None or self._pending.done():
+            self._pending = asyncio.run_coroutine_threadsafe(self._report(fraction), self._loop)
+
+    async def _report(self, fraction: float) -> None:
+        try:
+            await self._job.report_progress(fraction)
+        except (TaskFinishedError, TaskGoneError) as exc:
+            self._ended = exc
+        except Exception as exc:  # progress is best effort; the work goes on
+            log.warning("progress_update_failed", error=str(exc))
+
+
+async def make_handler(topology: Topology, settings: Settings, upscaler: Upscaler | None = None) -> Handler:
+    engine = upscaler or Upscaler(settings.model_dir, device=settings.device, default_tile=settings.tile)
+    gate = PriorityGate()
+    loop = asyncio.get_running_loop()
+
+    def run(data: bytes, category: Category, task: TaskMessage, progress: Callable[[float], None]):
+        image = open_image(data)
+        result = engine.upscale(image, category, task.options, progress=progress)
+        return result, encode_image(result.image, output_format(task.options.output_format, task.output_url))
+
+    async def handle(job: Job) -> TaskMessage:
+        task = job.task
+        data = await read_blob(topology.blobs, input_object(task.task_id))
+        category = task.classification.category if task.classification else Category.PHOTO
+        async with gate.hold(task.priority):
+            result, encoded = await asyncio.to_thread(run, data, category, task, ProgressBridge(job, loop))
+        await write_blob(topology.blobs, output_object(task.task_id), encoded)
+        return task.model_copy(
+            update={
+                "output_width": result.image.width,
+                "output_height": result.image.height,
+                "model_used": result.model_used,
+                "worker_type": engine.worker_type(),
+            }
+        )
+
+    return handle

@@ -1,0 +1,56 @@
+"""The one settings object, read from the environment (prefix TM_, plus NATS_URL).
+
+Build it with `Settings()` inside `main()` / `create_app()`, never at import time, so importing any
+module needs no environment. S3 credentials and endpoint are not here on purpose: boto reads the
+standard AWS_* variables by itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_model_dir() -> Path:
+    return Path.home() / ".cache" / "task-manager" / "models"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TM_", extra="ignore")
+
+    nats_url: str = Field(
+        default="nats://127.0.0.1:4222", validation_alias=AliasChoices("NATS_URL", "TM_NATS_URL")
+    )
+    # Replicas for every stream, KV bucket and object store (3 on a NATS cluster).
+    replicas: int = Field(default=1, ge=1, le=5)
+
+    queue_timeout_s: float = Field(default=30.0, gt=0)
+    sync_wait_s: float = Field(default=300.0, gt=0)  # upper bound of a `sync: true` submission
+    ack_wait_s: float = Field(default=30.0, ge=1)
+    max_retries: int = Field(default=3, ge=0, le=20)
+    retry_base_delay_s: float = Field(default=0.5, ge=0)
+    concurrency: int = Field(default=4, ge=1, le=256)  # messages a stage process works on at once
+
+    model_dir: Path = Field(default_factory=default_model_dir)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    tile: int = Field(default=256, ge=0)  # default tile size in input pixels (0: no tiling)
+
+    fetch_allow_private_networks: bool = False
+    fetch_max_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    fetch_timeout_s: float = Field(default=30.0, gt=0)
+
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=0, le=65535)
+    metrics_port: int = Field(default=0, ge=0, le=65535)  # stage services' own /metrics; 0: off
+
+    events_max_age_s: float = Field(default=7 * 24 * 3600, gt=0)
+    heartbeat_s: float = Field(default=5.0, gt=0)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value not in ("auto", "cpu", "cuda") and not value.startswith("cuda:"):
+            raise ValueError("TM_DEVICE must be auto, cpu, cuda or cuda:N")
+        return value

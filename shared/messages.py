@@ -1,0 +1,138 @@
+"""Typed messages that travel between stages, and the names of the subjects and streams they use.
+
+Messages are msgpack on JetStream. Image bytes never travel in them: stages pass object-store keys.
+Every model ignores unknown fields, so an older service can read a newer message.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+import msgpack
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+PRIORITIES = range(0, 11)  # 0 lowest .. 10 highest, as the API accepts them
+TASK_NAME = "image_super_resolution_pipeline"
+
+
+class Stage(StrEnum):
+    FETCH = "fetch"
+    CLASSIFY = "classify"
+    UPSCALE = "upscale"
+    UPLOAD = "upload"
+
+
+PIPELINE: tuple[Stage, ...] = (Stage.FETCH, Stage.CLASSIFY, Stage.UPSCALE, Stage.UPLOAD)
+
+
+def next_stage(stage: Stage) -> Stage | None:
+    """The stage after `stage` in the pipeline, or None after the last one."""
+    index = PIPELINE.index(stage)
+    return PIPELINE[index + 1] if index + 1 < len(PIPELINE) else None
+
+
+# Work queues: one WorkQueue stream per priority; one subject per task and stage, so a queued
+# message can be found (and purged) by task id alone: tm.work.p<priority>.<stage>.<task_id>
+def work_stream(priority: int) -> str:
+    return f"TM_WORK_P{priority}"
+
+
+def work_subject(priority: int, stage: Stage, task_id: str) -> str:
+    return f"tm.work.p{priority}.{stage.value}.{task_id}"
+
+
+def work_filter(priority: int, stage: Stage) -> str:
+    return f"tm.work.p{priority}.{stage.value}.*"
+
+
+def any_priority_filter(stage: Stage) -> str:
+    """Core-NATS subject matching every queued message of a stage (workers use it as a doorbell)."""
+    return f"tm.work.*.{stage.value}.*"
+
+
+def consumer_name(stage: Stage) -> str:
+    return stage.value
+
+
+# Task events: every terminal state (and, later, every change) on task.events.<task_name>.<state>
+EVENTS_STREAM = "TM_EVENTS"
+EVENTS_SUBJECTS = "task.events.>"
+
+
+def event_subject(task_name: str, state: str) -> str:
+    return f"task.events.{task_name}.{state.lower()}"
+
+
+TASKS_BUCKET = "TM_TASKS"  # KV: task_id -> TaskStatus JSON
+WORKERS_BUCKET = "TM_WORKERS"  # KV with TTL: <service>.<worker_id> -> WorkerInfo JSON (heartbeats)
+BLOBS_BUCKET = "TM_BLOBS"  # object store: <task_id>/input, <task_id>/output
+
+
+def input_object(task_id: str) -> str:
+    return f"{task_id}/input"
+
+
+def output_object(task_id: str) -> str:
+    return f"{task_id}/output"
+
+
+class Category(StrEnum):
+    """What an image shows; it chooses the upscaling model."""
+
+    PORTRAIT = "portrait"  # a human face is found
+    ANIME = "anime"  # flat-shaded illustration, cartoon, anime
+    TEXT = "text"  # document, screenshot of text, line art dominated by glyphs
+    PHOTO = "photo"  # everything else: natural photographs
+
+
+class Classification(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    category: Category
+    width: int
+    height: int
+    aspect_ratio: float  # width / height, rounded to 2 places
+
+
+class UpscaleOptions(BaseModel):
+    """Validated task kwargs that steer the upscaler (see services/api validation)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None  # official model name; None: routed from the category
+    outscale: float | None = None  # final scale; None: the model's native scale
+    tile: int | None = None  # tile size in input pixels; 0: no tiling; None: automatic
+    tile_pad: int = 10
+    pre_pad: int = 0
+    denoise_strength: float | None = None  # realesr-general-x4v3 only
+    output_format: str | None = None  # png | jpeg | webp; None: from the output URL's extension
+
+
+class TaskMessage(BaseModel):
+    """The work item each stage receives; it accumulates what later stages need."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    schema_version: int = SCHEMA_VERSION
+    task_id: str
+    task_name: str = TASK_NAME
+    priority: int = 5
+    input_url: str
+    output_url: str
+    options: UpscaleOptions = Field(default_factory=UpscaleOptions)
+    submitted_at: str
+    classification: Classification | None = None
+    output_width: int | None = None
+    output_height: int | None = None
+    model_used: str | None = None
+    worker_type: str | None = None  # "gpu" | "cpu", set by the upscaler
+
+    def pack(self) -> bytes:
+        return msgpack.packb(self.model_dump(mode="json", exclude_none=True))
+
+    @classmethod
+    def unpack(cls, data: bytes) -> TaskMessage:
+        payload: dict[str, Any] = msgpack.unpackb(data)
+        return cls.model_validate(payload)

@@ -1,0 +1,145 @@
+"""Connecting to NATS and declaring the JetStream topology every service relies on.
+
+Declaration is idempotent, so every service declares what it uses at start-up and any of them may
+start first. See docs/architecture.md for the map of streams, subjects, consumers and buckets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DiscardPolicy,
+    KeyValueConfig,
+    ObjectStoreConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
+
+from shared.config import Settings
+from shared.messages import (
+    BLOBS_BUCKET,
+    EVENTS_STREAM,
+    EVENTS_SUBJECTS,
+    PIPELINE,
+    PRIORITIES,
+    TASKS_BUCKET,
+    WORKERS_BUCKET,
+    Stage,
+    consumer_name,
+    work_filter,
+    work_stream,
+)
+
+DUPLICATE_WINDOW_S = 120.0
+
+
+async def connect(settings: Settings, name: str) -> NATS:
+    """Connect with unbounded reconnects: a restarting server must not stop a service."""
+    return await nats.connect(
+        settings.nats_url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=5,
+        allow_reconnect=True,
+    )
+
+
+@dataclass
+class Topology:
+    """Handles on everything a service touches in JetStream."""
+
+    nc: NATS
+    js: JetStreamContext
+    tasks: KeyValue
+    workers: KeyValue
+    blobs: ObjectStore
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await js.stream_info(config.name)
+    except NotFoundError:
+        try:
+            await js.add_stream(config)
+            return
+        except BadRequestError:
+            pass  # created concurrently by another service: update below
+    await js.update_stream(config)
+
+
+def work_stream_config(priority: int, settings: Settings) -> StreamConfig:
+    return StreamConfig(
+        name=work_stream(priority),
+        description=f"Pipeline work queue for priority {priority}",
+        subjects=[f"tm.work.p{priority}.>"],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        num_replicas=settings.replicas,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        allow_msg_ttl=True,
+        discard=DiscardPolicy.OLD,
+    )
+
+
+def stage_consumer_config(stage: Stage, priority: int, settings: Settings) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=consumer_name(stage),
+        description=f"{stage.value} workers, priority {priority}",
+        filter_subject=work_filter(priority, stage),
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=settings.ack_wait_s,
+        # Retries are counted by the stage (nak with backoff); this bound only stops a poison
+        # message that keeps crashing workers from cycling forever.
+        max_deliver=settings.max_retries + 3,
+        max_ack_pending=-1,
+        num_replicas=settings.replicas,
+    )
+
+
+async def declare(nc: NATS, settings: Settings) -> Topology:
+    """Create or update every stream, consumer, bucket and object store; return handles on them."""
+    js = nc.jetstream()
+    for priority in PRIORITIES:
+        await _ensure_stream(js, work_stream_config(priority, settings))
+        for stage in PIPELINE:
+            await js.add_consumer(work_stream(priority), stage_consumer_config(stage, priority, settings))
+    await _ensure_stream(
+        js,
+        StreamConfig(
+            name=EVENTS_STREAM,
+            description="Task state events, replayable by late subscribers",
+            subjects=[EVENTS_SUBJECTS],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=settings.replicas,
+            max_age=settings.events_max_age_s,
+            duplicate_window=DUPLICATE_WINDOW_S,
+        ),
+    )
+    tasks = await js.create_key_value(
+        KeyValueConfig(bucket=TASKS_BUCKET, history=1, replicas=settings.replicas, storage=StorageType.FILE)
+    )
+    workers = await js.create_key_value(
+        KeyValueConfig(
+            bucket=WORKERS_BUCKET,
+            history=1,
+            ttl=settings.heartbeat_s * 3,
+            replicas=settings.replicas,
+            storage=StorageType.MEMORY,
+        )
+    )
+    blobs = await js.create_object_store(
+        BLOBS_BUCKET, ObjectStoreConfig(replicas=settings.replicas, storage=StorageType.FILE)
+    )
+    return Topology(nc=nc, js=js, tasks=tasks, workers=workers, blobs=blobs)

@@ -1,0 +1,90 @@
+"""Taking the highest-priority waiting message for one stage across the per-priority streams.
+
+Each take is a single no-wait pull request, highest priority first, so a worker never holds a
+message it is not about to work on. To avoid asking empty streams, the puller listens (core NATS,
+no consumer) to the stage's work subjects: every JetStream publish rings that "doorbell", which
+marks its priority as worth asking. Messages that come back without a publish (a nak with delay,
+an expired ack deadline) are found by a full rescan every `rescan_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from shared.messages import PRIORITIES, Stage, any_priority_filter, consumer_name, work_stream
+
+_NO_WAIT = json.dumps({"batch": 1, "no_wait": True}).encode()
+
+
+class PriorityPuller:
+    def __init__(self, nc: NATS, stage: Stage, rescan_s: float = 1.0, request_timeout_s: float = 5.0) -> None:
+        self._nc = nc
+        self._stage = stage
+        self._rescan_s = rescan_s
+        self._request_timeout_s = request_timeout_s
+        self._doorbell: Subscription | None = None
+        self._rings = 0
+        self._ring_of = dict.fromkeys(PRIORITIES, 0)  # last ring count seen per priority
+        self._maybe_waiting: set[int] = set(PRIORITIES)
+        self._wake = asyncio.Event()
+        self._closed = False
+
+    async def start(self) -> None:
+        self._doorbell = await self._nc.subscribe(any_priority_filter(self._stage), cb=self._on_ring)
+
+    async def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        if self._doorbell is not None:
+            await self._doorbell.unsubscribe()
+            self._doorbell = None
+
+    async def _on_ring(self, msg: Msg) -> None:
+        # Subject: tm.work.p<priority>.<stage>.<task_id>
+        try:
+            priority = int(msg.subject.split(".")[2][1:])
+        except (IndexError, ValueError):
+            return
+        self._rings += 1
+        self._ring_of[priority] = self._rings
+        self._maybe_waiting.add(priority)
+        self._wake.set()
+
+    async def _take_from(self, priority: int) -> Msg | None:
+        subject = f"$JS.API.CONSUMER.MSG.NEXT.{work_stream(priority)}.{consumer_name(self._stage)}"
+        reply = await self._nc.request(subject, _NO_WAIT, timeout=self._request_timeout_s)
+        if reply.headers and reply.headers.get("Status"):
+            return None  # 404 No Messages / 408: nothing waiting
+        return reply
+
+    async def take(self) -> Msg | None:
+        """The highest-priority waiting message, or None when nothing is waiting."""
+        for priority in sorted(self._maybe_waiting, reverse=True):
+            ring_before = self._ring_of[priority]
+            msg = await self._take_from(priority)
+            if msg is not None:
+                return msg
+            if self._ring_of[priority] == ring_before:  # no publish raced with the empty answer
+                self._maybe_waiting.discard(priority)
+        return None
+
+    async def next(self) -> Msg | None:
+        """Wait for the next message; None once the puller is closed."""
+        while not self._closed:
+            self._wake.clear()
+            rings = self._rings
+            msg = await self.take()
+            if msg is not None:
+                return msg
+            if self._rings != rings or self._closed:
+                continue
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self._rescan_s)
+            except TimeoutError:
+                self._maybe_waiting.update(PRIORITIES)
+        return None

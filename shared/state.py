@@ -1,0 +1,202 @@
+"""Task state as stored in the KV bucket (one JSON value per task id) and its transitions.
+
+State machine (overall `state`):
+
+    PENDING --fetcher takes it--> RECEIVED --input fetched and valid--> STARTED --uploaded--> SUCCESS
+       |                             |                                     |
+       +-----------------------------+------------ any stage fails ------->+--> FAILURE
+       +--- waited in a queue past TM_QUEUE_TIMEOUT_S ---> TIMEOUT          (terminal states
+       +--- revoked by a client -------------------------> REVOKED           never change again)
+
+Each stage also keeps its own entry in `subtasks` (name, state, worker, times, attempts).
+The transition methods mutate a copy that the store then writes with compare-and-set.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.messages import PIPELINE, SCHEMA_VERSION, TASK_NAME, Classification, Stage, TaskMessage
+
+
+class TaskState(StrEnum):
+    PENDING = "PENDING"
+    RECEIVED = "RECEIVED"
+    STARTED = "STARTED"
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+    TIMEOUT = "TIMEOUT"
+    REVOKED = "REVOKED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({TaskState.SUCCESS, TaskState.FAILURE, TaskState.TIMEOUT, TaskState.REVOKED})
+
+# Share of overall progress each stage covers; the upscaler reports finer progress inside its share.
+STAGE_WEIGHTS: dict[Stage, float] = {
+    Stage.FETCH: 0.1,
+    Stage.CLASSIFY: 0.05,
+    Stage.UPSCALE: 0.75,
+    Stage.UPLOAD: 0.1,
+}
+
+
+def utc_now() -> str:
+    """Current time as an ISO-8601 UTC timestamp ending in Z, like the API reference shows."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def stage_progress(stage: Stage, fraction: float) -> float:
+    """Overall progress when `stage` is `fraction` (0..1) done."""
+    done_before = sum(STAGE_WEIGHTS[s] for s in PIPELINE[: PIPELINE.index(stage)])
+    return round(done_before + STAGE_WEIGHTS[stage] * min(max(fraction, 0.0), 1.0), 4)
+
+
+class TaskFinishedError(Exception):
+    """The task is already in a terminal state: the caller's work on it is no longer wanted."""
+
+    def __init__(self, state: TaskState) -> None:
+        super().__init__(f"task already {state.value}")
+        self.state = state
+
+
+class Subtask(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: Stage
+    state: TaskState = TaskState.PENDING
+    worker_id: str | None = None
+    started_at: str | None = None
+    completed_at: str | None = None
+    attempts: int = 0
+    error: str | None = None
+
+
+class TaskStatus(BaseModel):
+    """What GET /api/v1/tasks/{id} returns: the reference's fields plus a few users will want."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    task_id: str
+    task_name: str = TASK_NAME
+    state: TaskState = TaskState.PENDING
+    progress: float = 0.0
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    submitted_at: str
+    received_at: str | None = None
+    started_at: str | None = None
+    completed_at: str | None = None
+    subtasks: list[Subtask] = Field(default_factory=list)
+    priority: int = 5
+    input_url: str | None = None
+    output_url: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    classification: Classification | None = None
+    worker_type: str | None = None  # "gpu" | "cpu": where the upscaling ran
+    schema_version: int = SCHEMA_VERSION
+
+    @classmethod
+    def new(cls, task_id: str, **fields: Any) -> TaskStatus:
+        status = cls(task_id=task_id, submitted_at=utc_now(), **fields)
+        status.subtasks = [Subtask(name=stage) for stage in PIPELINE]
+        return status
+
+    def subtask(self, stage: Stage) -> Subtask:
+        for entry in self.subtasks:
+            if entry.name == stage:
+                return entry
+        entry = Subtask(name=stage)
+        self.subtasks.append(entry)
+        return entry
+
+    def _require_open(self) -> None:
+        if self.state.terminal:
+            raise TaskFinishedError(self.state)
+
+    def start_stage(self, stage: Stage, worker_id: str) -> None:
+        """A worker took the task's message for `stage` (again, on a redelivery)."""
+        self._require_open()
+        entry = self.subtask(stage)
+        entry.state = TaskState.STARTED
+        entry.worker_id = worker_id
+        entry.started_at = utc_now()
+        entry.attempts += 1
+        if self.state == TaskState.PENDING:
+            self.state = TaskState.RECEIVED
+            self.received_at = entry.started_at
+        self.progress = max(self.progress, stage_progress(stage, 0.0))
+
+    def report_progress(self, stage: Stage, fraction: float) -> None:
+        self._require_open()
+        self.progress = max(self.progress, stage_progress(stage, fraction))
+
+    def finish_stage(self, stage: Stage, outcome: TaskMessage | None = None) -> None:
+        """`stage` succeeded; the task moves on to the next stage's queue with `outcome`."""
+        self._require_open()
+        if outcome is not None:
+            self.classification = outcome.classification or self.classification
+            self.worker_type = outcome.worker_type or self.worker_type
+        entry = self.subtask(stage)
+        entry.state = TaskState.SUCCESS
+        entry.completed_at = utc_now()
+        entry.error = None
+        if self.state == TaskState.RECEIVED:
+            self.state = TaskState.STARTED
+            self.started_at = entry.completed_at
+        self.progress = max(self.progress, stage_progress(stage, 1.0))
+
+    def retry_stage(self, stage: Stage, error: str) -> None:
+        """`stage` failed in a way that may pass; its message will be redelivered."""
+        self._require_open()
+        entry = self.subtask(stage)
+        entry.state = TaskState.PENDING
+        entry.error = error
+
+    def succeed(self, result: dict[str, Any]) -> None:
+        self._require_open()
+        entry = self.subtask(Stage.UPLOAD)
+        entry.state = TaskState.SUCCESS
+        entry.completed_at = utc_now()
+        self.state = TaskState.SUCCESS
+        self.result = result
+        self.error = None
+        self.progress = 1.0
+        self.completed_at = entry.completed_at
+
+    def fail(self, error: str, stage: Stage | None = None) -> None:
+        self._require_open()
+        now = utc_now()
+        if stage is not None:
+            entry = self.subtask(stage)
+            entry.state = TaskState.FAILURE
+            entry.completed_at = now
+            entry.error = error
+        self.state = TaskState.FAILURE
+        self.error = error
+        self.completed_at = now
+
+    def end(self, state: TaskState, error: str) -> None:
+        """Terminal states decided outside the stages: TIMEOUT and REVOKED."""
+        self._require_open()
+        self.state = state
+        self.error = error
+        self.completed_at = utc_now()
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> TaskStatus:
+        return cls.model_validate_json(data)

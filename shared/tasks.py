@@ -1,0 +1,84 @@
+"""The task-state store: one KV entry per task, written only with compare-and-set.
+
+Every writer reads the entry, applies a transition from shared/state.py and writes it back
+expecting the revision it read; on a conflict it re-reads and re-applies. Two writers therefore can
+never lose each other's update, and a terminal state can never be overwritten. Whoever writes a
+terminal state also publishes the task's event, so subscribers see exactly one per task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from shared.messages import event_subject
+from shared.state import TaskStatus
+
+MAX_CAS_ATTEMPTS = 50
+
+
+class TaskGoneError(Exception):
+    """The task's entry no longer exists (deleted by a client)."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"task {task_id} no longer exists")
+        self.task_id = task_id
+
+
+class TaskStore:
+    def __init__(self, kv: KeyValue, js: JetStreamContext) -> None:
+        self._kv = kv
+        self._js = js
+
+    async def create(self, status: TaskStatus) -> int:
+        """Store a new task; fails if the id exists (ids are UUIDs, so that is a bug)."""
+        return await self._kv.create(status.task_id, status.to_json())
+
+    async def get(self, task_id: str) -> TaskStatus | None:
+        found = await self.get_with_revision(task_id)
+        return found[0] if found else None
+
+    async def get_with_revision(self, task_id: str) -> tuple[TaskStatus, int] | None:
+        try:
+            entry = await self._kv.get(task_id)
+        except KeyNotFoundError:
+            return None
+        if entry.value is None:
+            return None
+        return TaskStatus.from_json(entry.value), entry.revision
+
+    async def update(self, task_id: str, transition: Callable[[TaskStatus], object]) -> TaskStatus:
+        """Apply `transition` (which mutates the status it gets) with compare-and-set; return the result.
+
+        Raises TaskGoneError if the task was deleted, and whatever `transition` raises
+        (TaskFinishedError when the task is already terminal).
+        """
+        for _ in range(MAX_CAS_ATTEMPTS):
+            found = await self.get_with_revision(task_id)
+            if found is None:
+                raise TaskGoneError(task_id)
+            status, revision = found
+            was_terminal = status.state.terminal
+            transition(status)
+            try:
+                await self._kv.update(task_id, status.to_json(), last=revision)
+            except KeyWrongLastSequenceError:
+                continue
+            if status.state.terminal and not was_terminal:
+                await self.publish_event(status)
+            return status
+        raise RuntimeError(f"task {task_id}: state update kept conflicting")
+
+    async def publish_event(self, status: TaskStatus) -> None:
+        # The message id makes a republish after a crash a duplicate the stream drops.
+        await self._js.publish(
+            event_subject(status.task_name, status.state.value),
+            status.to_json(),
+            headers={"Nats-Msg-Id": f"{status.task_id}.{status.state.value}"},
+        )
+
+    async def delete(self, task_id: str) -> None:
+        await self._kv.purge(task_id)
