@@ -20,9 +20,7 @@ def default_model_dir() -> Path:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TM_", extra="ignore")
 
-    nats_url: str = Field(
-        default="nats://127.0.0.1:4222", validation_alias=AliasChoices("NATS_URL", "TM_NATS_URL")
-    )
+    nats_url: str = Field(default="nats://127.0.0.1:4222", validation_alias=AliasChoices("NATS_URL", "TM_NATS_URL"))
     # Replicas for every stream, KV bucket and object store (3 on a NATS cluster).
     replicas: int = Field(default=1, ge=1, le=5)
 

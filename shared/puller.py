@@ -28,6 +28,8 @@ class PriorityPuller:
         self._rescan_s = rescan_s
         self._request_timeout_s = request_timeout_s
         self._doorbell: Subscription | None = None
+        self._inbox: Subscription | None = None
+        self._inbox_lock = asyncio.Lock()
         self._rings = 0
         self._ring_of = dict.fromkeys(PRIORITIES, 0)  # last ring count seen per priority
         self._maybe_waiting: set[int] = set(PRIORITIES)
@@ -40,9 +42,10 @@ class PriorityPuller:
     async def close(self) -> None:
         self._closed = True
         self._wake.set()
-        if self._doorbell is not None:
-            await self._doorbell.unsubscribe()
-            self._doorbell = None
+        for subscription in (self._doorbell, self._inbox):
+            if subscription is not None:
+                await subscription.unsubscribe()
+        self._doorbell = self._inbox = None
 
     async def _on_ring(self, msg: Msg) -> None:
         # Subject: tm.work.p<priority>.<stage>.<task_id>
@@ -56,8 +59,20 @@ class PriorityPuller:
         self._wake.set()
 
     async def _take_from(self, priority: int) -> Msg | None:
+        # A delivered message carries its own subject, not the reply inbox, so the client's
+        # request() cannot match it to the request: use our own inbox, one request at a time.
         subject = f"$JS.API.CONSUMER.MSG.NEXT.{work_stream(priority)}.{consumer_name(self._stage)}"
-        reply = await self._nc.request(subject, _NO_WAIT, timeout=self._request_timeout_s)
+        async with self._inbox_lock:
+            if self._inbox is None:
+                self._inbox = await self._nc.subscribe(self._nc.new_inbox())
+            await self._nc.publish(subject, _NO_WAIT, reply=self._inbox.subject)
+            try:
+                reply = await self._inbox.next_msg(timeout=self._request_timeout_s)
+            except TimeoutError:
+                # A late answer must not be taken for the next request's: start a new inbox.
+                await self._inbox.unsubscribe()
+                self._inbox = None
+                raise
         if reply.headers and reply.headers.get("Status"):
             return None  # 404 No Messages / 408: nothing waiting
         return reply

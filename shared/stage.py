@@ -60,9 +60,7 @@ class Job:
         if fraction < 1.0 and now - self._last_progress_s < min_interval_s:
             return
         self._last_progress_s = now
-        self.status = await self.store.update(
-            self.task.task_id, lambda s: s.report_progress(self.stage, fraction)
-        )
+        self.status = await self.store.update(self.task.task_id, lambda s: s.report_progress(self.stage, fraction))
 
 
 Handler = Callable[[Job], Awaitable[TaskMessage | None]]
@@ -79,9 +77,7 @@ class StageCounters:
 class StageRunner:
     """Runs `handler` for every message of `stage`, `settings.concurrency` at a time."""
 
-    def __init__(
-        self, stage: Stage, handler: Handler, topology: Topology, settings: Settings, worker_id: str
-    ) -> None:
+    def __init__(self, stage: Stage, handler: Handler, topology: Topology, settings: Settings, worker_id: str) -> None:
         self.stage = stage
         self.handler = handler
         self.topology = topology
@@ -140,9 +136,7 @@ class StageRunner:
     async def _process(self, msg: Msg, task: TaskMessage) -> str:
         attempt = msg.metadata.num_delivered
         try:
-            status = await self.store.update(
-                task.task_id, lambda s: s.start_stage(self.stage, self.worker_id)
-            )
+            status = await self.store.update(task.task_id, lambda s: s.start_stage(self.stage, self.worker_id))
         except (TaskGoneError, TaskFinishedError) as exc:
             return await self._drop(msg, task, exc)
         job = Job(task=task, status=status, attempt=attempt, stage=self.stage, store=self.store)
@@ -204,9 +198,7 @@ class StageRunner:
         log.warning("task_failed", error=error)
         return "failure"
 
-    async def _retry(
-        self, msg: Msg, task: TaskMessage, error: str, delay_s: float | None, attempt: int
-    ) -> str:
+    async def _retry(self, msg: Msg, task: TaskMessage, error: str, delay_s: float | None, attempt: int) -> str:
         if attempt > self.settings.max_retries:
             return await self._fail(msg, task, f"{error} (gave up after {attempt} attempts)")
         try:

@@ -1,0 +1,133 @@
+"""Scenarios that need their own NATS server: priority ordering at every stage, DELETE of a
+queued task, and health while NATS is down."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import httpx
+import nats
+import pytest
+
+from shared.messages import TASKS_BUCKET, work_stream
+from tests.conftest import system_env
+from tests.e2e.images import photo
+from tests.servers import NatsServer, S3Server, StaticHTTPServer, start_nats
+from tests.system import System, wait_terminal
+
+TASK = "image_super_resolution_pipeline"
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path):
+    server = start_nats(tmp_path / "nats")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_system(own_nats: NatsServer, s3_server: S3Server, model_dir: Path, tmp_path: Path):
+    system = System(own_nats.url, tmp_path / "logs", system_env(s3_server, model_dir, TM_CONCURRENCY="1"))
+    yield system
+    system.stop()
+
+
+async def submit_many(api: httpx.AsyncClient, source: str, bucket: str, priority: int, count: int) -> list[str]:
+    ids = []
+    for n in range(count):
+        response = await api.post(
+            "/api/v1/tasks",
+            json={"task_name": TASK, "args": [source, f"s3://{bucket}/p{priority}-{n}.png"], "priority": priority},
+        )
+        assert response.status_code == 202, response.text
+        ids.append(response.json()["task_id"])
+    return ids
+
+
+async def wait_stage_done(nats_url: str, task_ids: list[str], stage: str, timeout_s: float = 60) -> None:
+    """Until every task has finished `stage`, watching their KV entries (no polling)."""
+    nc = await nats.connect(nats_url)
+    try:
+        kv = await nc.jetstream().key_value(TASKS_BUCKET)
+        watcher = await kv.watchall()
+        waiting = set(task_ids)
+        async with asyncio.timeout(timeout_s):
+            async for entry in watcher:
+                if entry is None or not entry.value or entry.key not in waiting:
+                    continue
+                subtasks = {s["name"]: s["state"] for s in json.loads(entry.value)["subtasks"]}
+                if subtasks[stage] == "SUCCESS":
+                    waiting.discard(entry.key)
+                if not waiting:
+                    break
+        await watcher.stop()
+    finally:
+        await nc.close()
+
+
+async def test_high_priority_overtakes_a_backlog_at_the_first_stage(
+    own_system: System, http_server: StaticHTTPServer, s3_bucket: str
+) -> None:
+    source = http_server.add("prio.png", photo(size=(24, 24)))
+    await own_system.start("api")
+    async with httpx.AsyncClient(base_url=own_system.api_url) as api:
+        low = await submit_many(api, source, s3_bucket, priority=1, count=8)
+        high = await submit_many(api, source, s3_bucket, priority=9, count=1)
+    await own_system.start("fetcher", "classifier", "upscaler", "uploader")
+
+    finals = await wait_terminal(own_system.nats_url, low + high, timeout_s=120)
+    order = sorted(finals, key=lambda task_id: finals[task_id]["completed_at"])
+    assert {f["state"] for f in finals.values()} == {"SUCCESS"}
+    assert order[0] == high[0], [finals[t]["priority"] for t in order]
+
+
+async def test_high_priority_overtakes_a_backlog_at_the_upscale_stage(
+    own_system: System, http_server: StaticHTTPServer, s3_bucket: str
+) -> None:
+    source = http_server.add("prio2.png", photo(size=(24, 24)))
+    await own_system.start("api", "fetcher", "classifier")
+    async with httpx.AsyncClient(base_url=own_system.api_url) as api:
+        low = await submit_many(api, source, s3_bucket, priority=2, count=6)
+        await wait_stage_done(own_system.nats_url, low, "classify")  # all six wait for an upscaler
+        high = await submit_many(api, source, s3_bucket, priority=8, count=1)
+        await wait_stage_done(own_system.nats_url, high, "classify")
+    await own_system.start("upscaler", "uploader")
+
+    finals = await wait_terminal(own_system.nats_url, low + high, timeout_s=120)
+    order = sorted(finals, key=lambda task_id: finals[task_id]["completed_at"])
+    assert order[0] == high[0], [finals[t]["priority"] for t in order]
+
+
+async def test_delete_removes_a_queued_message(own_system: System, s3_bucket: str) -> None:
+    await own_system.start("api")  # no workers: the task stays queued
+    async with httpx.AsyncClient(base_url=own_system.api_url) as api:
+        response = await api.post(
+            "/api/v1/tasks",
+            json={"task_name": TASK, "args": ["https://example.com/a.png", f"s3://{s3_bucket}/a.png"], "priority": 4},
+        )
+        task_id = response.json()["task_id"]
+        nc = await nats.connect(own_system.nats_url)
+        try:
+            js = nc.jetstream()
+            assert (await js.stream_info(work_stream(4))).state.messages == 1
+            assert (await api.delete(f"/api/v1/tasks/{task_id}")).status_code == 200
+            assert (await js.stream_info(work_stream(4))).state.messages == 0
+        finally:
+            await nc.close()
+        assert (await api.get(f"/api/v1/tasks/{task_id}")).status_code == 404
+
+
+async def test_health_is_503_while_nats_is_down(own_system: System, own_nats: NatsServer) -> None:
+    await own_system.start("api")
+    async with httpx.AsyncClient(base_url=own_system.api_url) as api:
+        assert (await api.get("/health")).status_code == 200
+        own_nats.stop()
+        response = await api.get("/health")
+        assert response.status_code == 503
+        assert response.json()["status"] == "unhealthy"
+        own_nats.restart()
+        async with asyncio.timeout(20):  # the client reconnects by itself
+            while (await api.get("/health")).status_code != 200:
+                await asyncio.sleep(0.1)

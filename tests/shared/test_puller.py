@@ -1,0 +1,64 @@
+"""Taking messages by priority across the per-priority streams, on a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+
+from shared.messages import Stage, work_subject
+from shared.nats import Topology
+from shared.puller import PriorityPuller
+
+
+async def publish(topology: Topology, priority: int, task_id: str, stage: Stage = Stage.FETCH) -> None:
+    await topology.js.publish(work_subject(priority, stage, task_id), task_id.encode())
+
+
+async def test_takes_highest_priority_first_then_reports_empty(topology: Topology) -> None:
+    for priority, task_id in [(1, "a"), (5, "b"), (9, "c"), (5, "d"), (0, "e")]:
+        await publish(topology, priority, task_id)
+    await publish(topology, 10, "other-stage", Stage.UPLOAD)
+    puller = PriorityPuller(topology.nc, Stage.FETCH)
+    await puller.start()
+    taken = []
+    while (msg := await puller.take()) is not None:
+        taken.append(msg.data.decode())
+        await msg.ack()
+    await puller.close()
+    assert taken == ["c", "b", "d", "a", "e"]
+
+
+async def test_next_wakes_on_a_publish(topology: Topology) -> None:
+    puller = PriorityPuller(topology.nc, Stage.CLASSIFY, rescan_s=30)  # only the doorbell can wake it
+    await puller.start()
+    assert await puller.take() is None
+    waiting = asyncio.create_task(puller.next())
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    await publish(topology, 3, "late", Stage.CLASSIFY)
+    msg = await asyncio.wait_for(waiting, timeout=5)
+    assert msg is not None and msg.data == b"late"
+    await msg.ack()
+    await puller.close()
+
+
+async def test_a_delayed_nak_comes_back_through_the_rescan(topology: Topology) -> None:
+    await publish(topology, 6, "again", Stage.UPSCALE)
+    puller = PriorityPuller(topology.nc, Stage.UPSCALE, rescan_s=0.2)
+    await puller.start()
+    first = await puller.take()
+    assert first is not None
+    await first.nak(delay=0.3)
+    again = await asyncio.wait_for(puller.next(), timeout=10)
+    assert again is not None and again.data == b"again"
+    assert again.metadata.num_delivered == 2
+    await again.ack()
+    await puller.close()
+
+
+async def test_close_releases_a_waiting_next(topology: Topology) -> None:
+    puller = PriorityPuller(topology.nc, Stage.UPLOAD, rescan_s=30)
+    await puller.start()
+    waiting = asyncio.create_task(puller.next())
+    await asyncio.sleep(0.05)
+    await puller.close()
+    assert await asyncio.wait_for(waiting, timeout=5) is None

@@ -1,0 +1,154 @@
+"""The stage loop's contract with JetStream (ack, nak with backoff, failure, drop), on a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from shared.config import Settings
+from shared.errors import InputError, RetryableError
+from shared.messages import EVENTS_SUBJECTS, Stage, TaskMessage, work_stream, work_subject
+from shared.nats import Topology
+from shared.stage import Job, StageRunner, backoff_s
+from shared.state import TaskStatus
+from shared.tasks import TaskStore
+
+
+async def queue_task(topology: Topology, task_id: str, priority: int = 5) -> TaskStore:
+    store = TaskStore(topology.tasks, topology.js)
+    await store.create(TaskStatus.new(task_id, priority=priority))
+    message = TaskMessage(task_id=task_id, priority=priority, input_url="i", output_url="o", submitted_at="t")
+    await topology.js.publish(work_subject(priority, Stage.FETCH, task_id), message.pack())
+    return store
+
+
+async def run_until(
+    topology: Topology, settings: Settings, handler: Callable[[Job], Awaitable[TaskMessage | None]],
+    done: Callable[[StageRunner], bool], timeout_s: float = 15,
+) -> StageRunner:  # fmt: skip
+    runner = StageRunner(Stage.FETCH, handler, topology, settings, "worker-1")
+    running = asyncio.create_task(runner.run())
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not done(runner):
+                await asyncio.sleep(0.01)
+    finally:
+        runner.stop()
+        await asyncio.wait_for(running, timeout=10)
+    return runner
+
+
+async def queued(topology: Topology, priority: int = 5) -> dict[str, int]:
+    info = await topology.js.stream_info(work_stream(priority), subjects_filter=">")
+    return dict(info.state.subjects or {})
+
+
+async def test_success_records_the_stage_publishes_the_next_and_acks(topology: Topology, settings: Settings) -> None:
+    store = await queue_task(topology, "ok")
+
+    async def handle(job: Job) -> TaskMessage:
+        return job.task
+
+    await run_until(topology, settings, handle, lambda r: r.counters.succeeded == 1)
+    status = await store.get("ok")
+    assert status is not None and status.state == "STARTED"
+    assert status.subtask(Stage.FETCH).state == "SUCCESS"
+    assert await queued(topology) == {"tm.work.p5.classify.ok": 1}
+
+
+async def test_permanent_error_fails_the_task_once_and_publishes_its_event(
+    topology: Topology, settings: Settings
+) -> None:
+    store = await queue_task(topology, "bad")
+    events = await topology.nc.subscribe(EVENTS_SUBJECTS)
+    calls = 0
+
+    async def handle(job: Job) -> TaskMessage:
+        nonlocal calls
+        calls += 1
+        raise InputError("input URL returned HTTP 404")
+
+    await run_until(topology, settings, handle, lambda r: r.counters.failed == 1)
+    status = await store.get("bad")
+    assert status is not None and status.state == "FAILURE" and status.error == "input URL returned HTTP 404"
+    assert calls == 1
+    assert await queued(topology) == {}
+    event = await events.next_msg(timeout=5)
+    assert event.subject == "task.events.image_super_resolution_pipeline.failure"
+    assert json.loads(event.data)["task_id"] == "bad"
+
+
+async def test_retryable_error_is_retried_with_backoff_then_succeeds(topology: Topology, settings: Settings) -> None:
+    store = await queue_task(topology, "flaky")
+    attempts: list[int] = []
+
+    async def handle(job: Job) -> TaskMessage:
+        attempts.append(job.attempt)
+        if len(attempts) < 3:
+            raise RetryableError("HTTP 503")
+        return job.task
+
+    runner = await run_until(topology, settings, handle, lambda r: r.counters.succeeded == 1)
+    assert attempts == [1, 2, 3]
+    assert runner.counters.retried == 2
+    status = await store.get("flaky")
+    assert status is not None and status.subtask(Stage.FETCH).attempts == 3
+
+
+async def test_retries_are_bounded_and_the_last_error_is_kept(topology: Topology, settings: Settings) -> None:
+    store = await queue_task(topology, "down")
+
+    async def handle(job: Job) -> TaskMessage:
+        raise RetryableError(f"connection refused (attempt {job.attempt})")
+
+    await run_until(topology, settings, handle, lambda r: r.counters.failed == 1)
+    status = await store.get("down")
+    assert status is not None and status.state == "FAILURE"
+    assert status.error == "connection refused (attempt 3) (gave up after 3 attempts)"  # max_retries=2
+    assert await queued(topology) == {}
+
+
+async def test_a_bug_in_a_handler_is_retried_not_fatal(topology: Topology, settings: Settings) -> None:
+    await queue_task(topology, "bug")
+    seen = 0
+
+    async def handle(job: Job) -> TaskMessage:
+        nonlocal seen
+        seen += 1
+        if seen == 1:
+            raise ZeroDivisionError("oops")
+        return job.task
+
+    runner = await run_until(topology, settings, handle, lambda r: r.counters.succeeded == 1)
+    assert runner.counters.retried == 1
+
+
+async def test_deleted_task_is_dropped_without_running(topology: Topology, settings: Settings) -> None:
+    store = await queue_task(topology, "gone")
+    await store.delete("gone")
+
+    async def handle(job: Job) -> TaskMessage:
+        raise AssertionError("must not run")
+
+    await run_until(topology, settings, handle, lambda r: r.counters.dropped == 1)
+    assert await queued(topology) == {}
+
+
+def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
+    for attempt, step in [(1, 1.0), (2, 2.0), (3, 4.0)]:
+        assert step / 2 <= backoff_s(attempt, 1.0) <= step
+    assert backoff_s(30, 1.0) <= 30.0
+
+
+@pytest.mark.parametrize("priority", [0, 10])
+async def test_edge_priorities_flow(topology: Topology, settings: Settings, priority: int) -> None:
+    await queue_task(topology, f"p{priority}", priority=priority)
+
+    async def handle(job: Job) -> TaskMessage:
+        return job.task
+
+    await run_until(topology, settings, handle, lambda r: r.counters.succeeded == 1)
+    assert await queued(topology, priority) == {f"tm.work.p{priority}.classify.p{priority}": 1}

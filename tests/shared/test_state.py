@@ -1,0 +1,81 @@
+"""Task state transitions (pure logic)."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.messages import Category, Classification, Stage, TaskMessage
+from shared.state import TaskFinishedError, TaskState, TaskStatus, stage_progress
+
+
+def new_status() -> TaskStatus:
+    return TaskStatus.new("t1", input_url="https://x/a.png", output_url="s3://b/a.png")
+
+
+def test_new_task_is_pending_with_one_subtask_per_stage() -> None:
+    status = new_status()
+    assert status.state == TaskState.PENDING
+    assert [s.name for s in status.subtasks] == [Stage.FETCH, Stage.CLASSIFY, Stage.UPSCALE, Stage.UPLOAD]
+    assert status.submitted_at.endswith("Z")
+
+
+def test_happy_path_moves_received_started_success() -> None:
+    status = new_status()
+    status.start_stage(Stage.FETCH, "w1")
+    assert status.state == TaskState.RECEIVED and status.received_at
+    status.finish_stage(Stage.FETCH)
+    assert status.state == TaskState.STARTED and status.started_at
+    classification = Classification(category=Category.PHOTO, width=4, height=2, aspect_ratio=2.0)
+    outcome = TaskMessage(task_id="t1", input_url="a", output_url="b", submitted_at="x", classification=classification)
+    status.start_stage(Stage.CLASSIFY, "w2")
+    status.finish_stage(Stage.CLASSIFY, outcome)
+    assert status.classification == classification
+    status.succeed({"ok": True})
+    assert status.state == TaskState.SUCCESS and status.progress == 1.0 and status.completed_at
+
+
+def test_progress_never_goes_backwards() -> None:
+    status = new_status()
+    status.start_stage(Stage.FETCH, "w")
+    status.finish_stage(Stage.FETCH)
+    status.start_stage(Stage.UPSCALE, "w")
+    status.report_progress(Stage.UPSCALE, 0.5)
+    high = status.progress
+    status.start_stage(Stage.FETCH, "w")  # a redelivered earlier stage
+    assert status.progress == high
+    assert stage_progress(Stage.UPLOAD, 1.0) == 1.0
+
+
+@pytest.mark.parametrize("end", ["succeed", "fail", "timeout", "revoke"])
+def test_terminal_states_refuse_every_later_transition(end: str) -> None:
+    status = new_status()
+    if end == "succeed":
+        status.succeed({})
+    elif end == "fail":
+        status.fail("boom", Stage.FETCH)
+    else:
+        status.end(TaskState.TIMEOUT if end == "timeout" else TaskState.REVOKED, end)
+    for attempt in (
+        lambda: status.start_stage(Stage.FETCH, "w"),
+        lambda: status.finish_stage(Stage.FETCH),
+        lambda: status.report_progress(Stage.UPSCALE, 0.9),
+        lambda: status.succeed({}),
+        lambda: status.fail("again"),
+    ):
+        with pytest.raises(TaskFinishedError):
+            attempt()
+
+
+def test_attempts_are_counted_per_stage() -> None:
+    status = new_status()
+    status.start_stage(Stage.FETCH, "w1")
+    status.retry_stage(Stage.FETCH, "connection reset")
+    status.start_stage(Stage.FETCH, "w2")
+    fetch = status.subtask(Stage.FETCH)
+    assert fetch.attempts == 2 and fetch.worker_id == "w2"
+
+
+def test_json_round_trip_ignores_unknown_fields() -> None:
+    status = new_status()
+    data = status.to_json().replace(b'"task_id"', b'"from_the_future":1,"task_id"', 1)
+    assert TaskStatus.from_json(data) == status

@@ -1,0 +1,166 @@
+"""The system under test: the API and the stage services as real processes (`python -m services.X`).
+
+Tests start exactly the services they need against the real NATS, S3 and HTTP servers, and wait
+for readiness on events: a stage is ready when its heartbeat key appears in the workers bucket, the
+API when /health answers 200.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import nats
+
+from shared.messages import EVENTS_SUBJECTS, WORKERS_BUCKET
+
+STAGE_SERVICES = ("fetcher", "classifier", "upscaler", "uploader")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class System:
+    def __init__(self, nats_url: str, log_dir: Path, env: dict[str, str]) -> None:
+        self.nats_url = nats_url
+        self.log_dir = log_dir
+        self.api_port = free_port()
+        self.api_url = f"http://127.0.0.1:{self.api_port}"
+        self.env = {
+            **os.environ,
+            "NATS_URL": nats_url,
+            "TM_API_HOST": "127.0.0.1",
+            "TM_API_PORT": str(self.api_port),
+            "TM_FETCH_ALLOW_PRIVATE_NETWORKS": "true",
+            "TM_HEARTBEAT_S": "1",
+            **env,
+        }
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+    def spawn(self, service: str, **env: str) -> subprocess.Popen[bytes]:
+        log = open(self.log_dir / f"{service}.log", "ab")  # noqa: SIM115 - owned by the process
+        process = subprocess.Popen(
+            [sys.executable, "-m", f"services.{service}"],
+            cwd=ROOT,
+            env={**self.env, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.processes[service] = process
+        return process
+
+    async def start(self, *services: str, timeout_s: float = 60, **env: str) -> None:
+        """Start services and wait until each is ready."""
+        stages = [s for s in services if s != "api"]
+        before = await self._worker_pids()
+        for service in services:
+            self.spawn(service, **env)
+        waits = [self._wait_workers({self.processes[s].pid for s in stages} - before, timeout_s)]
+        if "api" in services:
+            waits.append(self._wait_api(timeout_s))
+        try:
+            await asyncio.gather(*waits)
+        except TimeoutError as exc:
+            raise AssertionError(f"services not ready in {timeout_s}s:\n{self.logs()}") from exc
+
+    async def _worker_pids(self) -> set[int]:
+        nc = await nats.connect(self.nats_url)
+        try:
+            kv = await nc.jetstream().key_value(WORKERS_BUCKET)
+            pids = set()
+            for key in await kv.keys():
+                pids.add(json.loads((await kv.get(key)).value)["pid"])
+            return pids
+        except Exception:
+            return set()
+        finally:
+            await nc.close()
+
+    async def _wait_workers(self, pids: set[int], timeout_s: float) -> None:
+        if not pids:
+            return
+        nc = await nats.connect(self.nats_url)
+        try:
+            async with asyncio.timeout(timeout_s):
+                js = nc.jetstream()
+                while True:  # the bucket is created by the first service that starts
+                    try:
+                        kv = await js.key_value(WORKERS_BUCKET)
+                        break
+                    except Exception:
+                        await asyncio.sleep(0.1)
+                watcher = await kv.watchall()
+                waiting = set(pids)
+                async for entry in watcher:
+                    if entry is not None and entry.value:
+                        waiting.discard(json.loads(entry.value)["pid"])
+                    if not waiting:
+                        break
+                await watcher.stop()
+        finally:
+            await nc.close()
+
+    async def _wait_api(self, timeout_s: float) -> None:
+        async with asyncio.timeout(timeout_s), httpx.AsyncClient() as client:
+            while True:
+                if self.processes["api"].poll() is not None:
+                    raise AssertionError(f"api exited:\n{self.logs()}")
+                try:
+                    if (await client.get(f"{self.api_url}/health")).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.05)  # nothing to await on an HTTP server coming up
+
+    def stop(self, *services: str, sig: int = signal.SIGTERM, timeout_s: float = 30) -> None:
+        for service in services or list(self.processes):
+            process = self.processes.pop(service, None)
+            if process is None or process.poll() is not None:
+                continue
+            process.send_signal(sig)
+            try:
+                process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def logs(self, tail: int = 40) -> str:
+        parts = []
+        for path in sorted(self.log_dir.glob("*.log")):
+            lines = path.read_text(errors="replace").splitlines()[-tail:]
+            parts.append(f"--- {path.name}\n" + "\n".join(lines))
+        return "\n".join(parts)
+
+
+async def wait_terminal(nats_url: str, task_ids: list[str], timeout_s: float = 60) -> dict[str, dict]:
+    """The terminal status of each task, read from the task events stream (replayed from the
+    start, so events published before this call count too)."""
+    wanted = set(task_ids)
+    found: dict[str, dict] = {}
+    nc = await nats.connect(nats_url)
+    try:
+        sub = await nc.jetstream().subscribe(EVENTS_SUBJECTS, ordered_consumer=True)
+        async with asyncio.timeout(timeout_s):
+            while wanted - found.keys():
+                msg = await sub.next_msg(timeout=timeout_s)
+                status = json.loads(msg.data)
+                if status["task_id"] in wanted:
+                    found[status["task_id"]] = status
+    except TimeoutError as exc:
+        missing = sorted(wanted - found.keys())
+        raise AssertionError(f"{len(missing)} task(s) not terminal in {timeout_s}s: {missing[:5]}") from exc
+    finally:
+        await nc.close()
+    return found
