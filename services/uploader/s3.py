@@ -1,0 +1,100 @@
+"""Write a task's output bytes to its destination: an S3 object, an HTTP PUT, or a local file.
+
+Every write replaces whatever is there, so a redelivered upload message simply writes again.
+Failures are mapped like the fetcher's reads (services/fetcher/sources.py): the destination's own
+fault is an InputError, the network's or the server's a RetryableError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import tempfile
+from pathlib import Path
+
+import aioboto3
+import httpx
+
+from services.fetcher.sources import (
+    S3_ERRORS,
+    ensure_public_host,
+    http_status_error,
+    http_transport_error,
+    s3_error,
+    safe_url,
+)
+from services.uploader.destinations import HttpPut, LocalFile, S3Target, parse_destination
+from shared.errors import InputError, RetryableError
+
+# Disk trouble that may clear up by itself; any other OSError (permissions, not a directory) will not.
+_TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EIO, errno.EAGAIN, errno.EDQUOT})
+
+
+async def write_output(
+    url: str,
+    data: bytes,
+    content_type: str,
+    *,
+    http: httpx.AsyncClient,
+    s3_session: aioboto3.Session | None,
+    s3_endpoint: str | None,
+    allow_private: bool,
+) -> None:
+    """Store `data` at `url` (see destinations.py for the URL forms); raises InputError or RetryableError.
+
+    `s3_endpoint` is the deployment's S3 endpoint URL, used only to recognise path-style URLs on it;
+    the S3 client itself resolves its endpoint from the standard AWS environment and config files.
+    """
+    match parse_destination(url, s3_endpoint=s3_endpoint):
+        case S3Target(bucket, key):
+            await _put_s3(bucket, key, data, content_type, s3_session or aioboto3.Session())
+        case HttpPut(put_url):
+            await _put_http(put_url, data, content_type, http, allow_private)
+        case LocalFile(path):
+            if not allow_private:
+                raise InputError(f"file:// output URLs are not allowed here: {url}")
+            await asyncio.to_thread(_write_file, path, data)
+
+
+async def _put_s3(bucket: str, key: str, data: bytes, content_type: str, session: aioboto3.Session) -> None:
+    try:
+        async with session.client("s3") as s3:
+            await s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
+    except S3_ERRORS as exc:
+        raise s3_error(exc, f"output s3://{bucket}/{key}") from exc
+
+
+async def _put_http(url: str, data: bytes, content_type: str, http: httpx.AsyncClient, allow_private: bool) -> None:
+    if not allow_private:
+        await ensure_public_host(url)
+    try:
+        # No redirects: a presigned URL's signature is for this URL only, and a PUT body is not
+        # something to replay to wherever a server points.
+        response = await http.put(url, content=data, headers={"Content-Type": content_type}, follow_redirects=False)
+    except httpx.InvalidURL as exc:
+        raise InputError(f"invalid output URL ({exc}): {safe_url(url)}") from exc
+    except httpx.HTTPError as exc:
+        raise http_transport_error(exc, url, role="output") from exc
+    if error := http_status_error(response.status_code, url, response.headers, role="output"):
+        raise error
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as file:
+                os.fchmod(file.fileno(), 0o644)  # mkstemp's 0600 would hide the output from other readers
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temp, path)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        error = RetryableError if exc.errno in _TRANSIENT_ERRNOS else InputError
+        raise error(f"cannot write output file {path}: {exc.strerror or exc}") from exc
