@@ -6,7 +6,7 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from services.cli import supervisor
+from services.cli import models, supervisor
 from shared.logging import configure_logging
 
 
@@ -16,9 +16,7 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="task-manager", description="GPU image super-resolution task system"
-    )
+    parser = argparse.ArgumentParser(prog="task-manager", description="GPU image super-resolution task system")
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="start NATS (unless NATS_URL is set), the API and the four stages")
     up.add_argument("--host", default="127.0.0.1", help="API listen address (default 127.0.0.1)")
@@ -26,12 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", default=".data", help="where the embedded NATS keeps its store")
     up.add_argument("--nats-port", type=int, default=4222, help="port of the embedded NATS server")
     up.set_defaults(func=_up)
-    try:
-        from services.cli import models
-    except ImportError:  # pragma: no cover - models CLI lands with the upscaler engine
-        pass
-    else:
-        models.register(commands)
+    models.register(commands)
     return parser
 
 

@@ -73,9 +73,7 @@ class Supervised:
     started_at: float = field(default=0.0)
 
     async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", f"services.{self.name}", env=self.env
-        )
+        self.process = await asyncio.create_subprocess_exec(sys.executable, "-m", f"services.{self.name}", env=self.env)
         self.started_at = time.monotonic()
 
     async def keep_running(self, stopping: asyncio.Event) -> None:

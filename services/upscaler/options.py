@@ -1,0 +1,39 @@
+"""Validation of a task's upscale options, without torch, so the API can refuse bad kwargs at submission."""
+
+from __future__ import annotations
+
+from services.upscaler import catalog
+from shared.images import OUTPUT_FORMATS
+from shared.messages import UpscaleOptions
+
+MAX_OUTSCALE = 8.0
+TILE_RANGE = range(32, 2049)
+PAD_RANGE = range(0, 65)
+
+
+def validate_options(options: UpscaleOptions) -> None:
+    """Raise ValueError naming the first bad field ("kwargs.<field>: ...") of a task's upscale options."""
+    if options.model is not None and options.model not in catalog.selectable_names():
+        known = ", ".join(catalog.selectable_names())
+        raise ValueError(f"kwargs.model: unknown model {options.model!r}; known: {known}")
+    if options.outscale is not None and not 0 < options.outscale <= MAX_OUTSCALE:
+        raise ValueError(f"kwargs.outscale: must be > 0 and <= {MAX_OUTSCALE:g}, got {options.outscale}")
+    if options.tile is not None and options.tile != 0 and options.tile not in TILE_RANGE:
+        raise ValueError(
+            f"kwargs.tile: must be 0 (no tiling) or {TILE_RANGE.start}..{TILE_RANGE.stop - 1}, got {options.tile}"
+        )
+    for field in ("tile_pad", "pre_pad"):
+        value = getattr(options, field)
+        if value not in PAD_RANGE:
+            raise ValueError(f"kwargs.{field}: must be {PAD_RANGE.start}..{PAD_RANGE.stop - 1}, got {value}")
+    if options.denoise_strength is not None:
+        if not 0 <= options.denoise_strength <= 1:
+            raise ValueError(f"kwargs.denoise_strength: must be in [0, 1], got {options.denoise_strength}")
+        if options.model != catalog.DENOISE_MODEL:
+            raise ValueError(
+                f"kwargs.denoise_strength: only applies to model {catalog.DENOISE_MODEL!r}; set kwargs.model to it"
+            )
+    if options.output_format is not None and options.output_format not in OUTPUT_FORMATS:
+        raise ValueError(
+            f"kwargs.output_format: must be one of {', '.join(OUTPUT_FORMATS)}, got {options.output_format!r}"
+        )
