@@ -31,9 +31,7 @@ def _check_input_url(url: Any) -> str:
         raise SubmissionError("args[0]: the input URL must be a non-empty string")
     parts = urlsplit(url)
     if parts.scheme not in INPUT_SCHEMES:
-        raise SubmissionError(
-            f"args[0]: unsupported URL scheme {parts.scheme!r}; use {', '.join(INPUT_SCHEMES)}"
-        )
+        raise SubmissionError(f"args[0]: unsupported URL scheme {parts.scheme!r}; use {', '.join(INPUT_SCHEMES)}")
     if parts.scheme != "file" and not parts.netloc:
         raise SubmissionError(f"args[0]: URL has no host or bucket: {url!r}")
     return url
@@ -72,14 +70,10 @@ def _check_options(kwargs: dict[str, Any], output_url: str) -> UpscaleOptions:
     return options
 
 
-def validate_submission(
-    request: SubmitTaskRequest, s3_endpoint: str | None
-) -> tuple[str, str, UpscaleOptions]:
+def validate_submission(request: SubmitTaskRequest, s3_endpoint: str | None) -> tuple[str, str, UpscaleOptions]:
     """Return (input_url, output_url, options) or raise SubmissionError."""
     if request.task_name not in KNOWN_TASKS:
-        raise SubmissionError(
-            f"task_name: unknown task {request.task_name!r}; known: {', '.join(KNOWN_TASKS)}"
-        )
+        raise SubmissionError(f"task_name: unknown task {request.task_name!r}; known: {', '.join(KNOWN_TASKS)}")
     if len(request.args) != 2:
         raise SubmissionError(f"args: expected [input_url, output_url], got {len(request.args)} item(s)")
     input_url = _check_input_url(request.args[0])

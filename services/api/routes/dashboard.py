@@ -14,6 +14,7 @@ from services.api.overview import list_workers, queue_depths
 
 router = APIRouter(prefix="/dashboard", tags=["monitoring"])
 
+DOC_PAGES = (("/docs", "Swagger UI"), ("/redoc", "ReDoc"))
 GPU_FIELDS = (
     "device",
     "device_name",
@@ -36,11 +37,16 @@ def _table(rows: list[dict[str, Any]], columns: tuple[str, ...], empty: str) -> 
 
 
 def _endpoints(request: Request) -> list[dict[str, Any]]:
-    rows = []
-    for route in request.app.routes:
-        methods = sorted(getattr(route, "methods", None) or [])
-        if methods and not route.path.startswith(("/openapi", "/docs/oauth2")):
-            rows.append({"methods": " ".join(m for m in methods if m != "HEAD"), "path": route.path})
+    """Every documented endpoint, from the app's own OpenAPI schema, plus the docs pages."""
+    rows = [
+        {
+            "methods": " ".join(m.upper() for m in operations),
+            "path": path,
+            "summary": next((op.get("summary", "") for op in operations.values()), ""),
+        }
+        for path, operations in request.app.openapi()["paths"].items()
+    ]
+    rows += [{"methods": "GET", "path": path, "summary": summary} for path, summary in DOC_PAGES]
     return rows
 
 
@@ -104,7 +110,7 @@ td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}}th{{background
         )
     }
 <h2>API endpoints</h2>
-{_table(_endpoints(request), ("methods", "path"), "")}
+{_table(_endpoints(request), ("methods", "path", "summary"), "")}
 <p><a href="/dashboard/metrics">Prometheus metrics</a> · <a href="/docs">Swagger UI</a> · <a href="/redoc">ReDoc</a></p>
 </body></html>"""
     return HTMLResponse(html)

@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import JSONResponse
+from nats.aio.subscription import Subscription
 
 from services.api.deps import ContextDep
 from services.api.schemas import CleanupResponse, ErrorResponse, SubmitTaskRequest, SubmitTaskResponse
@@ -29,14 +30,16 @@ def _s3_endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 
 
-async def _wait_until_finished(ctx: ContextDep, task_id: str, timeout_s: float) -> TaskStatus | None:
-    """Watch the task's KV subject (no polling) until it is terminal; None on timeout or deletion."""
-    updates = await ctx.topology.nc.subscribe(f"$KV.{TASKS_BUCKET}.{task_id}")
+async def _wait_until_finished(
+    ctx: ContextDep, task_id: str, updates: Subscription, timeout_s: float
+) -> TaskStatus | None:
+    """Follow the task's KV subject (subscribed before the task was created, so no update can be
+    missed; no polling) until it is terminal. None on timeout or deletion."""
     try:
-        current = await ctx.store.get(task_id)  # after subscribing, so no update can slip between
+        current = await ctx.store.get(task_id)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while current is not None and not current.state.terminal:
+        while current is None or not current.state.terminal:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return None
@@ -82,9 +85,7 @@ async def submit_task(body: SubmitTaskRequest, ctx: ContextDep) -> Any:
         options=options,
         submitted_at=record.submitted_at,
     )
-    waiter = None
-    if body.sync:
-        waiter = asyncio.create_task(_wait_until_finished(ctx, task_id, ctx.settings.sync_wait_s))
+    updates = await ctx.topology.nc.subscribe(f"$KV.{TASKS_BUCKET}.{task_id}") if body.sync else None
     await ctx.store.create(record)
     await ctx.topology.js.publish(
         work_subject(body.priority, PIPELINE[0], task_id),
@@ -92,8 +93,8 @@ async def submit_task(body: SubmitTaskRequest, ctx: ContextDep) -> Any:
         headers={"Nats-Msg-Id": f"{task_id}.{PIPELINE[0].value}"},
     )
     ctx.metrics.submitted.labels(body.task_name).inc()
-    if waiter is not None:
-        finished = await waiter
+    if updates is not None:
+        finished = await _wait_until_finished(ctx, task_id, updates, ctx.settings.sync_wait_s)
         if finished is not None:
             return JSONResponse(finished.model_dump(mode="json"), status_code=status.HTTP_200_OK)
     return SubmitTaskResponse(task_id=task_id, state=record.state.value, submitted_at=record.submitted_at)
@@ -115,9 +116,7 @@ async def cleanup_task(task_id: str, ctx: ContextDep) -> CleanupResponse:
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"Task {task_id} not found")
     # Purge by subject: a queued message of any stage for this task, in its priority's stream.
-    await ctx.topology.js.purge_stream(
-        work_stream(found.priority), subject=f"tm.work.p{found.priority}.*.{task_id}"
-    )
+    await ctx.topology.js.purge_stream(work_stream(found.priority), subject=f"tm.work.p{found.priority}.*.{task_id}")
     await ctx.store.delete(task_id)
     # After the state is gone, a worker still holding the task drops it at its next state write
     # and removes what it stored; removing the objects here covers the tasks nobody holds.

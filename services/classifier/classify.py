@@ -1,0 +1,95 @@
+"""Decide what an image shows, so the upscaler can pick the model that suits it.
+
+The image is read once, as a copy of at most 512 px on its long side, turned upright by its EXIF
+orientation and flattened to 8-bit RGB (transparent areas over neutral grey, and left out of every share
+below). The first rule that holds wins:
+
+1. portrait: the LBP frontal-face cascade finds a face at least 5% as wide as the shorter side. It scans a
+   grey copy scaled to 256 px on the shorter side with its 24 px window, so in practice a face must be
+   about a tenth of the shorter side; smaller ones are crowd scenes, where face models matter little.
+2. text: dark ink on light paper. After dividing out uneven lighting (a 9x9 grey closing, blurred, is the
+   local paper brightness): the paper is light (>= 70% of the image on a background >= mid-grey), most of
+   the image is paper (>= 75% within 15% of it), there is some ink but not a lot (1.5%..35% at <= 60% of
+   it), the ink is crisp (>= 30% of the non-paper pixels are ink, not grey blur as on twigs against a
+   sky), the page is not colourful (<= 20% clearly coloured pixels) and the ink falls apart into many
+   small marks, as letters do (>= 8 per 10,000 px; an icon or a silhouette is one or two big blobs).
+3. anime: flat colour with clean edges, measured after a 3x3 median (so JPEG noise does not count):
+   >= 60% of the pixels are flat (neighbours within 2 levels), there are hard edges (>= 0.5% of pixels
+   change by > 40 levels), gentle changes are rare beside them (<= 3x the hard edges; photos have 4x to
+   50x: shading, texture, blur) and 16 colours cover >= 80% of the picture. Flat graphics (icons, charts,
+   cartoons, cel-shaded art) land here; painted illustrations with soft shading read as photos.
+4. photo: everything else, and any image too small (< 16 px a side) or too transparent to judge.
+"""
+
+from __future__ import annotations
+
+from PIL import Image
+
+from services.classifier import features
+from shared.messages import Category, Classification
+
+ANALYSIS_MAX_SIDE_PX = 512
+FACE_SHORT_SIDE_PX = 256  # the cascade costs ~30 ms at this size; 320 would see smaller faces for ~45 ms
+FACE_MAX_LONG_SIDE_PX = 768  # panoramas: keep the scan cheap
+MIN_SIDE_PX = 16
+MIN_OPAQUE_SHARE = 0.01
+
+MIN_FACE_SHARE = 0.05
+
+MIN_BRIGHT_PAPER = 0.70
+MIN_PAPER = 0.75
+MIN_INK, MAX_INK = 0.015, 0.35
+MIN_CRISP_INK = 0.30
+MAX_COLOURFUL_TEXT = 0.20
+MIN_MARKS_PER_10K_PX = 8.0
+
+MIN_FLAT = 0.60
+MIN_STRONG = 0.005
+MAX_SOFT_PER_STRONG = 3.0
+MIN_TOP16 = 0.80
+
+
+def classify(image: Image.Image) -> Classification:
+    """Classify `image` by content; width and height are those of the upright (EXIF-rotated) image."""
+    width, height, orientation = features.oriented_size(image)
+    return Classification(
+        category=_category(image, orientation),
+        width=width,
+        height=height,
+        aspect_ratio=round(width / height, 2),
+    )
+
+
+def _category(image: Image.Image, orientation: int) -> Category:
+    if min(image.size) < MIN_SIDE_PX:
+        return Category.PHOTO
+    sample = features.sample(image, orientation, ANALYSIS_MAX_SIDE_PX)
+    if sample.opaque.mean() < MIN_OPAQUE_SHARE:
+        return Category.PHOTO
+    if features.largest_face(sample, FACE_SHORT_SIDE_PX, FACE_MAX_LONG_SIDE_PX) >= MIN_FACE_SHARE:
+        return Category.PORTRAIT
+    if _is_text(features.paper_ink(sample)):
+        return Category.TEXT
+    if _is_flat_art(features.flatness(sample)):
+        return Category.ANIME
+    return Category.PHOTO
+
+
+def _is_text(p: features.PaperInk) -> bool:
+    return (
+        p.bright >= MIN_BRIGHT_PAPER
+        and p.paper >= MIN_PAPER
+        and MIN_INK <= p.ink <= MAX_INK
+        and p.ink >= MIN_CRISP_INK * (p.ink + p.mid)
+        and p.colourful <= MAX_COLOURFUL_TEXT
+        and p.marks_per_10k_px >= MIN_MARKS_PER_10K_PX
+    )
+
+
+def _is_flat_art(f: features.Flatness) -> bool:
+    return (
+        f.flat >= MIN_FLAT
+        and f.strong >= MIN_STRONG
+        and f.soft <= MAX_SOFT_PER_STRONG * f.strong
+        and f.top16 >= MIN_TOP16
+    )

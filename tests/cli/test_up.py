@@ -1,0 +1,101 @@
+"""`task-manager up`: embedded NATS, five supervised services, restart on crash, clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import nats
+import pytest
+
+from shared.messages import WORKERS_BUCKET
+from tests.servers import S3Server
+from tests.system import ROOT, free_port
+
+SERVICES = {"fetcher", "classifier", "upscaler", "uploader"}
+
+
+async def live_workers(nats_url: str) -> dict[str, int]:
+    """service -> pid of every worker whose heartbeat key is present."""
+    nc = await nats.connect(nats_url)
+    try:
+        kv = await nc.jetstream().key_value(WORKERS_BUCKET)
+        found = {}
+        for key in await kv.keys():
+            record = json.loads((await kv.get(key)).value)
+            found[record["service"]] = record["pid"]
+        return found
+    except Exception:
+        return {}
+    finally:
+        await nc.close()
+
+
+async def wait_for(condition, timeout_s: float, what: str):
+    async with asyncio.timeout(timeout_s):
+        while not (value := await condition()):
+            await asyncio.sleep(0.2)  # the heartbeat bucket and HTTP readiness have no push to await
+    return value
+
+
+@pytest.fixture
+def up(tmp_path: Path, s3_server: S3Server, model_dir: Path):
+    api_port, nats_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
+    env.update(s3_server.env(), TM_MODEL_DIR=str(model_dir), TM_HEARTBEAT_S="1", TM_FETCH_ALLOW_PRIVATE_NETWORKS="1")
+    log = open(tmp_path / "up.log", "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "up", "--port", str(api_port), "--nats-port", str(nats_port),
+         "--data-dir", str(tmp_path / "data")],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    yield process, f"http://127.0.0.1:{api_port}", f"nats://127.0.0.1:{nats_port}", tmp_path / "up.log"
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    log.close()
+
+
+async def test_up_runs_supervises_and_stops_cleanly(up) -> None:
+    process, api_url, nats_url, log_path = up
+
+    async def healthy() -> bool:
+        try:
+            async with httpx.AsyncClient() as client:
+                return (await client.get(f"{api_url}/health")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        await wait_for(healthy, 90, "API healthy")
+        workers = await wait_for(lambda: _all_workers(nats_url), 90, "all workers")
+    except TimeoutError:
+        pytest.fail("system did not come up:\n" + log_path.read_text()[-4000:])
+    assert set(workers) == SERVICES
+
+    # A crashed service is restarted by the supervisor.
+    os.kill(workers["fetcher"], signal.SIGKILL)
+
+    async def fetcher_replaced() -> bool:
+        now = await live_workers(nats_url)
+        return now.get("fetcher") not in (None, workers["fetcher"])
+
+    await wait_for(fetcher_replaced, 60, "fetcher restarted")
+    assert "service_exited" in log_path.read_text()
+
+    # SIGTERM stops everything: the supervisor exits 0 and leaves no process of its group behind.
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+    leftover = subprocess.run(["pgrep", "-g", str(process.pid)], capture_output=True, text=True).stdout.split()
+    assert leftover == []
+
+
+async def _all_workers(nats_url: str) -> dict[str, int] | None:
+    workers = await live_workers(nats_url)
+    return workers if set(workers) >= SERVICES else None
