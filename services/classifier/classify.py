@@ -4,20 +4,23 @@ The image is read once, as a copy of at most 512 px on its long side, turned upr
 orientation and flattened to 8-bit RGB (transparent areas over neutral grey, and left out of every share
 below). The first rule that holds wins:
 
-1. portrait: the LBP frontal-face cascade finds a face at least 5% as wide as the shorter side. It scans a
-   grey copy scaled to 256 px on the shorter side with its 24 px window, so in practice a face must be
-   about a tenth of the shorter side; smaller ones are crowd scenes, where face models matter little.
-2. text: dark ink on light paper. After dividing out uneven lighting (a 9x9 grey closing, blurred, is the
+1. text: dark ink on light paper. After dividing out uneven lighting (a 9x9 grey closing, blurred, is the
    local paper brightness): the paper is light (>= 70% of the image on a background >= mid-grey), most of
    the image is paper (>= 75% within 15% of it), there is some ink but not a lot (1.5%..35% at <= 60% of
    it), the ink is crisp (>= 30% of the non-paper pixels are ink, not grey blur as on twigs against a
    sky), the page is not colourful (<= 20% clearly coloured pixels) and the ink falls apart into many
    small marks, as letters do (>= 8 per 10,000 px; an icon or a silhouette is one or two big blobs).
-3. anime: flat colour with clean edges, measured after a 3x3 median (so JPEG noise does not count):
+   Light text on a dark background is not recognised.
+2. anime: flat colour with clean edges, measured after a 3x3 median (so JPEG noise does not count):
    >= 60% of the pixels are flat (neighbours within 2 levels), there are hard edges (>= 0.5% of pixels
    change by > 40 levels), gentle changes are rare beside them (<= 3x the hard edges; photos have 4x to
    50x: shading, texture, blur) and 16 colours cover >= 80% of the picture. Flat graphics (icons, charts,
    cartoons, cel-shaded art) land here; painted illustrations with soft shading read as photos.
+3. portrait: the LBP frontal-face cascade finds a face at least 5% as wide as the shorter side. It scans a
+   grey copy scaled to 256 px on the shorter side with its 24 px window, so in practice a face must be
+   about a tenth of the shorter side; smaller ones are crowd scenes, where face models matter little.
+   It comes after rules 1 and 2, which never hold for camera photos, because the cascade also fires on
+   drawn faces (a smiley, a cartoon character): those belong with the flat art.
 4. photo: everything else, and any image too small (< 16 px a side) or too transparent to judge.
 """
 
@@ -66,12 +69,13 @@ def _category(image: Image.Image, orientation: int) -> Category:
     sample = features.sample(image, orientation, ANALYSIS_MAX_SIDE_PX)
     if sample.opaque.mean() < MIN_OPAQUE_SHARE:
         return Category.PHOTO
-    if features.largest_face(sample, FACE_SHORT_SIDE_PX, FACE_MAX_LONG_SIDE_PX) >= MIN_FACE_SHARE:
-        return Category.PORTRAIT
+    # Faces last: the cascade also fires on drawn faces, and the text and flat-art rules never hold for photos.
     if _is_text(features.paper_ink(sample)):
         return Category.TEXT
     if _is_flat_art(features.flatness(sample)):
         return Category.ANIME
+    if features.largest_face(sample, FACE_SHORT_SIDE_PX, FACE_MAX_LONG_SIDE_PX) >= MIN_FACE_SHARE:
+        return Category.PORTRAIT
     return Category.PHOTO
 
 

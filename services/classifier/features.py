@@ -60,7 +60,7 @@ class Flatness:
     """How much of the image is flat colour, and how its edges look, after a 3x3 median removes noise."""
 
     flat: float  # share of pixels whose neighbours differ by <= 2 levels in every channel
-    soft: float  # share of gentle changes (7..40 levels): shading, texture, blur
+    soft: float  # share of gentle changes (7..40 levels) over 2 px from a hard edge: shading, texture
     strong: float  # share of hard edges (> 40 levels)
     top16: float  # share of pixels covered by the 16 most common colours (16 levels per channel)
 
@@ -178,13 +178,17 @@ def flatness(s: Sample) -> Flatness:
     grad = np.maximum(dx, dy)
     # Only pixels whose right and lower neighbours are opaque too: the cut-out border is not an edge.
     inside = s.opaque[:-1, :-1] & s.opaque[1:, :-1] & s.opaque[:-1, 1:]
-    g = grad[inside]
-    n = max(g.size, 1)
+    strong = (grad > 40) & inside
+    # Gentle changes within 2 px of a hard edge are the edge itself, softened by anti-aliasing, JPEG
+    # ringing or chroma subsampling; only those farther away are shading or texture.
+    near_edge = ndi.binary_dilation(strong, structure=np.ones((5, 5), dtype=bool))
+    soft = (grad > 6) & (grad <= 40) & inside & ~near_edge
+    n = max(int(inside.sum()), 1)
     q = (smooth[s.opaque] // 16).astype(np.int32)
     counts = np.sort(np.bincount(q[:, 0] * 256 + q[:, 1] * 16 + q[:, 2], minlength=4096))[::-1]
     return Flatness(
-        flat=float((g <= 2).sum()) / n,
-        soft=float(((g > 6) & (g <= 40)).sum()) / n,
-        strong=float((g > 40).sum()) / n,
+        flat=float(((grad <= 2) & inside).sum()) / n,
+        soft=float(soft.sum()) / n,
+        strong=float(strong.sum()) / n,
         top16=float(counts[:16].sum()) / max(int(counts.sum()), 1),
     )

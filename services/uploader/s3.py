@@ -1,7 +1,7 @@
 """Write a task's output bytes to its destination: an S3 object, an HTTP PUT, or a local file.
 
 Every write replaces whatever is there, so a redelivered upload message simply writes again.
-Failures are mapped like the fetcher's reads (services/fetcher/sources.py): the destination's own
+Failures are mapped like the fetcher's reads (shared/egress.py): the destination's own
 fault is an InputError, the network's or the server's a RetryableError.
 """
 
@@ -16,7 +16,8 @@ from pathlib import Path
 import aioboto3
 import httpx
 
-from services.fetcher.sources import (
+from services.uploader.destinations import HttpPut, LocalFile, S3Target, parse_destination
+from shared.egress import (
     S3_ERRORS,
     ensure_public_host,
     http_status_error,
@@ -24,7 +25,6 @@ from services.fetcher.sources import (
     s3_error,
     safe_url,
 )
-from services.uploader.destinations import HttpPut, LocalFile, S3Target, parse_destination
 from shared.errors import InputError, RetryableError
 
 # Disk trouble that may clear up by itself; any other OSError (permissions, not a directory) will not.

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from services.upscaler import arch, catalog
+from shared import config
 from shared.errors import ConfigurationError
 
 MODEL_DIR_ENV = "TM_MODEL_DIR"
@@ -47,7 +48,7 @@ class LoadedModel:
 def default_model_dir() -> Path:
     """`$TM_MODEL_DIR`, else `~/.cache/task-manager/models`."""
     configured = os.environ.get(MODEL_DIR_ENV)
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "task-manager" / "models"
+    return Path(configured).expanduser() if configured else config.default_model_dir()
 
 
 def weight_path(name: str, model_dir: Path) -> Path:

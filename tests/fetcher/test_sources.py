@@ -13,13 +13,8 @@ import aioboto3
 import httpx
 import pytest
 
-from services.fetcher.sources import (
-    http_status_error,
-    is_public_address,
-    read_input,
-    retry_after_s,
-    safe_url,
-)
+from services.fetcher.sources import read_input
+from shared.egress import http_status_error, is_public_address, retry_after_s, safe_url
 from shared.errors import InputError, RetryableError
 from tests.servers import S3Server, StaticHTTPServer
 

@@ -1,0 +1,156 @@
+"""Talking to the outside world: which hosts may be reached, and what their failures mean.
+
+The fetcher (reads) and the uploader (writes) share this: the remote side's own fault (4xx,
+missing object, refused address) is an InputError; the network's or the server's (5xx, 429,
+throttling, timeouts, refused connections) a RetryableError. URLs in messages go through
+`safe_url`, which strips credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+import aiohttp
+import httpx
+from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError, ParamValidationError
+from botocore.exceptions import ConnectionError as BotoConnectionError
+
+from shared.errors import InputError, RetryableError, TaskError
+
+# Query parameters that make a URL a credential (presigned S3, SAS-style tokens): kept out of messages.
+_SECRET_PARAMS = frozenset(
+    {
+        "x-amz-signature",
+        "x-amz-credential",
+        "x-amz-security-token",
+        "signature",
+        "awsaccesskeyid",
+        "sig",
+        "token",
+    }
+)
+_S3_RETRYABLE_CODES = frozenset(
+    {
+        "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException",
+        "RequestTimeout", "InternalError", "ServiceUnavailable", "503",
+    }
+)  # fmt: skip
+# What an S3 call can raise that says something about the request or the network (other botocore
+# errors, such as missing credentials, are deployment bugs and propagate unchanged).
+S3_ERRORS = (
+    ClientError,
+    ParamValidationError,
+    BotoConnectionError,
+    HTTPClientError,
+    IncompleteReadError,
+    aiohttp.ClientError,
+    asyncio.TimeoutError,
+)
+
+
+def is_public_address(address: str) -> bool:
+    """False for loopback, private, link-local, reserved, multicast and unspecified addresses."""
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 reaches 127.0.0.1
+    blocked = (ip.is_loopback, ip.is_private, ip.is_link_local, ip.is_reserved, ip.is_multicast)
+    # is_global also rules out what is neither private nor public, e.g. carrier-grade NAT 100.64/10.
+    return ip.is_global and not ip.is_unspecified and not any(blocked)
+
+
+async def ensure_public_host(url: str) -> None:
+    """Raise InputError unless every address the URL's host resolves to is public.
+
+    A basic check: the HTTP client resolves the name again when it connects (DNS rebinding).
+    """
+    parts = urlsplit(url)
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError as exc:
+        raise InputError(f"invalid URL ({exc}): {safe_url(url)}") from exc
+    if not host:
+        raise InputError(f"URL has no host: {safe_url(url)}")
+    try:
+        addresses = [str(ipaddress.ip_address(host))]
+    except ValueError:
+        addresses = await _resolve(host, port)
+    for address in addresses:
+        if not is_public_address(address):
+            raise InputError(f"URL host {host} is a non-public address ({address}), refused: {safe_url(url)}")
+
+
+async def _resolve(host: str, port: int | None) -> list[str]:
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        unknown = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
+        error = InputError if exc.errno in unknown else RetryableError  # unknown name vs DNS trouble
+        raise error(f"cannot resolve host {host}: {exc.strerror}") from exc
+    # IPv6 sockaddrs may carry a zone ("fe80::1%eth0"), which ip_address accepts.
+    return [str(info[4][0]) for info in infos]
+
+
+def http_status_error(status: int, url: str, headers: Mapping[str, str], *, role: str) -> TaskError | None:
+    """The error a non-2xx HTTP status stands for (None for 2xx); `role` is "input" or "output"."""
+    if status < 300:
+        return None
+    message = f"{role} URL returned HTTP {status}: {safe_url(url)}"
+    # 408 is the server timing out on us: as transient as a 503.
+    if status >= 500 or status in (408, 429):
+        return RetryableError(message, retry_after_s(headers.get("retry-after")))
+    return InputError(message)
+
+
+def http_transport_error(exc: httpx.HTTPError, url: str, *, role: str) -> TaskError:
+    """The error an httpx exception stands for: the URL's fault is permanent, the network's is not."""
+    what = f"{role} URL {safe_url(url)}"
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.DecodingError | httpx.TooManyRedirects):
+        return InputError(f"{what}: {exc}")
+    return RetryableError(f"{what}: {type(exc).__name__} {exc}".rstrip())
+
+
+def s3_error(exc: BaseException, what: str) -> TaskError:
+    """The error one of S3_ERRORS stands for; `what` names the object, e.g. "input s3://b/k"."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = error.get("Code", "Unknown")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        message = f"{what}: {code}" + (f" ({error['Message']})" if error.get("Message") else "")
+        if code in _S3_RETRYABLE_CODES or status >= 500 or status == 429:
+            return RetryableError(message)
+        return InputError(message)  # NoSuchKey, NoSuchBucket, AccessDenied and other 4xx
+    if isinstance(exc, ParamValidationError):
+        return InputError(f"{what}: {exc}")
+    return RetryableError(f"{what}: {type(exc).__name__} {exc}".rstrip())
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP-date); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def safe_url(url: str) -> str:
+    """`url` fit for messages and logs: no user:password, no query when it carries a signature or token."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    keys = {name.lower() for name, _ in parse_qsl(parts.query, keep_blank_values=True)}
+    query = "(signed query omitted)" if keys & _SECRET_PARAMS else parts.query
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
