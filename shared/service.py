@@ -70,6 +70,7 @@ async def serve_stage(
     topology = await declare(nc, settings)
     handler = await make_handler(topology, settings)
     runner = StageRunner(stage, handler, topology, settings, make_worker_id(service))
+    info = info or getattr(handler, "describe", None)  # e.g. the upscaler's device and models
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -13,9 +13,10 @@ below). The first rule that holds wins:
    Light text on a dark background is not recognised.
 2. anime: flat colour with clean edges, measured after a 3x3 median (so JPEG noise does not count):
    >= 60% of the pixels are flat (neighbours within 2 levels), there are hard edges (>= 0.5% of pixels
-   change by > 40 levels), gentle changes are rare beside them (<= 3x the hard edges; photos have 4x to
-   50x: shading, texture, blur) and 16 colours cover >= 80% of the picture. Flat graphics (icons, charts,
-   cartoons, cel-shaded art) land here; painted illustrations with soft shading read as photos.
+   change by > 40 levels), gentle changes (7..40 levels) more than 2 px away from a hard edge are rare
+   (<= 1.5x the hard-edge pixels; photos have 2x to 50x: shading, texture, blur) and 16 colours cover
+   >= 80% of the picture. Flat graphics (icons, charts, cartoons, cel-shaded art) land here; painted
+   illustrations and anime art with soft shading or heavy JPEG noise read as photos (or portraits).
 3. portrait: the LBP frontal-face cascade finds a face at least 5% as wide as the shorter side. It scans a
    grey copy scaled to 256 px on the shorter side with its 24 px window, so in practice a face must be
    about a tenth of the shorter side; smaller ones are crowd scenes, where face models matter little.
@@ -48,7 +49,7 @@ MIN_MARKS_PER_10K_PX = 8.0
 
 MIN_FLAT = 0.60
 MIN_STRONG = 0.005
-MAX_SOFT_PER_STRONG = 3.0
+MAX_SOFT_PER_STRONG = 1.5
 MIN_TOP16 = 0.80
 
 

@@ -68,6 +68,25 @@ class Upscaler:
         """The worker pool this process serves: "gpu" when inference runs on CUDA, else "cpu"."""
         return "gpu" if self._device.type == "cuda" else "cpu"
 
+    def describe(self) -> dict[str, object]:
+        """This upscaler's configuration, for the dashboard's GPU section."""
+        info: dict[str, object] = {
+            "device": self.device,
+            "device_name": "CPU",
+            "precision": "fp16" if self._dtype == torch.float16 else "fp32",
+            "tile": self.default_tile,
+            "models_loaded": ", ".join(weights.loaded_names()) or "none",
+            "models_installed": ", ".join(n for n in catalog.MODELS if weights.is_installed(n, self.model_dir)),
+        }
+        if self._device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self._device)
+            info |= {
+                "device_name": torch.cuda.get_device_name(self._device),
+                "memory_total_mb": total // 2**20,
+                "memory_used_mb": (total - free) // 2**20,
+            }
+        return info
+
     def upscale(
         self,
         image: Image.Image,

@@ -141,6 +141,12 @@ def load_model(
         return model
 
 
+def loaded_names() -> list[str]:
+    """Names of the models this process holds loaded, most recently used last."""
+    with _cache_lock:
+        return list(dict.fromkeys(model.name for model in _cache.values()))
+
+
 def clear_cache() -> None:
     """Forget every loaded net (tests; freeing device memory)."""
     with _cache_lock:

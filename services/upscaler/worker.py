@@ -51,6 +51,7 @@ class ProgressBridge:
 
 
 async def make_handler(topology: Topology, settings: Settings, upscaler: Upscaler | None = None) -> Handler:
+    """The upscale handler; its `describe()` reports the device and models for the dashboard."""
     engine = upscaler or Upscaler(settings.model_dir, device=settings.device, default_tile=settings.tile)
     gate = PriorityGate()
     loop = asyncio.get_running_loop()
@@ -76,4 +77,5 @@ async def make_handler(topology: Topology, settings: Settings, upscaler: Upscale
             }
         )
 
+    handle.describe = engine.describe  # type: ignore[attr-defined]
     return handle

@@ -79,6 +79,7 @@ async def test_dashboard_shows_live_workers_and_queues(api: httpx.AsyncClient, s
         assert f"<td>{service}</td>" in page
         assert str(system.processes[service].pid) in page
     assert "/api/v1/tasks/{task_id}" in page
+    assert "<td>fp32</td>" in page or "<td>fp16</td>" in page  # the upscaler reports its precision
 
 
 async def test_metrics_use_the_reference_names(api: httpx.AsyncClient) -> None:

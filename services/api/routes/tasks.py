@@ -7,6 +7,7 @@ import os
 import uuid
 from typing import Any
 
+import structlog
 from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import JSONResponse
 from nats.aio.subscription import Subscription
@@ -19,6 +20,7 @@ from shared.messages import PIPELINE, TASKS_BUCKET, TaskMessage, work_stream, wo
 from shared.state import TaskStatus
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
+log = structlog.get_logger()
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Invalid task name or arguments"},
@@ -93,6 +95,7 @@ async def submit_task(body: SubmitTaskRequest, ctx: ContextDep) -> Any:
         headers={"Nats-Msg-Id": f"{task_id}.{PIPELINE[0].value}"},
     )
     ctx.metrics.submitted.labels(body.task_name).inc()
+    log.info("task_submitted", task_id=task_id, priority=body.priority, sync=body.sync)
     if updates is not None:
         finished = await _wait_until_finished(ctx, task_id, updates, ctx.settings.sync_wait_s)
         if finished is not None:
@@ -121,6 +124,7 @@ async def cleanup_task(task_id: str, ctx: ContextDep) -> CleanupResponse:
     # After the state is gone, a worker still holding the task drops it at its next state write
     # and removes what it stored; removing the objects here covers the tasks nobody holds.
     await discard_task_blobs(ctx.topology.blobs, task_id)
+    log.info("task_deleted", task_id=task_id, state=found.state.value)
     return CleanupResponse(status="success", message=f"Task {task_id} cleaned up")
 
 
