@@ -47,9 +47,16 @@ def work_filter(priority: int, stage: Stage) -> str:
     return f"tm.work.p{priority}.{stage.value}.*"
 
 
-def any_priority_filter(stage: Stage) -> str:
-    """Core-NATS subject matching every queued message of a stage (workers use it as a doorbell)."""
-    return f"tm.work.*.{stage.value}.*"
+# Each work stream republishes the headers of every message it has stored under tm.queued.>, so
+# workers learn that a message is ready to take (a core subscription on tm.work.> could hear of it
+# before the stream has stored it).
+def queued_subject_pattern(priority: int) -> str:
+    return f"tm.queued.p{priority}.>"
+
+
+def queued_filter(stage: Stage) -> str:
+    """Core-NATS subject of every stored message of a stage, any priority (the workers' doorbell)."""
+    return f"tm.queued.*.{stage.value}.*"
 
 
 def consumer_name(stage: Stage) -> str:

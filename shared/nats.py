@@ -17,6 +17,7 @@ from nats.js.api import (
     DiscardPolicy,
     KeyValueConfig,
     ObjectStoreConfig,
+    RePublish,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -36,6 +37,7 @@ from shared.messages import (
     WORKERS_BUCKET,
     Stage,
     consumer_name,
+    queued_subject_pattern,
     work_filter,
     work_stream,
 )
@@ -89,6 +91,7 @@ def work_stream_config(priority: int, settings: Settings) -> StreamConfig:
         duplicate_window=DUPLICATE_WINDOW_S,
         allow_msg_ttl=True,
         discard=DiscardPolicy.OLD,
+        republish=RePublish(src=f"tm.work.p{priority}.>", dest=queued_subject_pattern(priority), headers_only=True),
     )
 
 

@@ -16,7 +16,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from shared.messages import PRIORITIES, Stage, any_priority_filter, consumer_name, work_stream
+from shared.messages import PRIORITIES, Stage, consumer_name, queued_filter, work_stream
 
 _NO_WAIT = json.dumps({"batch": 1, "no_wait": True}).encode()
 
@@ -37,7 +37,7 @@ class PriorityPuller:
         self._closed = False
 
     async def start(self) -> None:
-        self._doorbell = await self._nc.subscribe(any_priority_filter(self._stage), cb=self._on_ring)
+        self._doorbell = await self._nc.subscribe(queued_filter(self._stage), cb=self._on_ring)
 
     async def close(self) -> None:
         self._closed = True
@@ -48,7 +48,7 @@ class PriorityPuller:
         self._doorbell = self._inbox = None
 
     async def _on_ring(self, msg: Msg) -> None:
-        # Subject: tm.work.p<priority>.<stage>.<task_id>
+        # Subject: tm.queued.p<priority>.<stage>.<task_id>
         try:
             priority = int(msg.subject.split(".")[2][1:])
         except (IndexError, ValueError):

@@ -62,3 +62,30 @@ async def test_close_releases_a_waiting_next(topology: Topology) -> None:
     await asyncio.sleep(0.05)
     await puller.close()
     assert await asyncio.wait_for(waiting, timeout=5) is None
+
+
+async def test_no_message_waits_for_the_rescan_under_a_stream_of_publishes(topology: Topology, settings) -> None:
+    # The doorbell must only ring once a message is stored: were it to ring earlier, an empty answer
+    # would mark the priority empty and the message would wait for the (here 30 s) rescan.
+    from shared.nats import connect
+
+    puller = PriorityPuller(topology.nc, Stage.FETCH, rescan_s=30)
+    await puller.start()
+    publisher = await connect(settings, name="publisher")
+    taken: list[bytes] = []
+
+    async def take_all() -> None:
+        while len(taken) < 60:
+            msg = await puller.next()
+            assert msg is not None
+            taken.append(msg.data)
+            await msg.ack()
+
+    consumer = asyncio.create_task(take_all())
+    js = publisher.jetstream()
+    for n in range(60):
+        await js.publish(work_subject(n % 11, Stage.FETCH, f"t{n}"), f"t{n}".encode())
+    await asyncio.wait_for(consumer, timeout=10)
+    assert sorted(taken) == sorted(f"t{n}".encode() for n in range(60))
+    await publisher.close()
+    await puller.close()
