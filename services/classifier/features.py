@@ -7,8 +7,8 @@ a category.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
-from functools import cache
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -67,7 +67,10 @@ class Flatness:
 
 def oriented_size(image: Image.Image) -> tuple[int, int, int]:
     """(width, height, EXIF orientation) of the image as it should be displayed."""
-    orientation = int(image.getexif().get(0x0112, 1) or 1)
+    try:
+        orientation = int(image.getexif().get(0x0112, 1))
+    except (TypeError, ValueError):  # a malformed tag: show the pixels as stored
+        orientation = 1
     width, height = image.size
     if orientation in (5, 6, 7, 8):  # these four turn the picture by a quarter
         width, height = height, width
@@ -101,26 +104,32 @@ def _standard_mode(image: Image.Image) -> Image.Image:
     if mode in ("La", "RGBa", "PA") or (mode == "P" and "transparency" in image.info):
         return image.convert("RGBA")
     if mode.startswith("I") or mode == "F":
-        # 16/32-bit and float greys: Pillow's convert("L") clips instead of scaling, so scale here.
+        # 16/32-bit and float greys: Pillow's convert("L") clips instead of scaling, so scale here. The
+        # range is judged by the largest value: <= 1 float, <= 255 8-bit, <= 65535 16-bit, else its own.
         values = np.asarray(image, dtype=np.float64)
         top = float(values.max()) if values.size else 0.0
         full = 1.0 if top <= 1.0 else 255.0 if top <= 255 else 65535.0 if top <= 65535 else top
-        return Image.fromarray(np.clip(values * (255.0 / full), 0, 255).astype(np.uint8), "L")
+        return Image.fromarray(np.clip(values * (255.0 / full), 0, 255).astype(np.uint8))
     try:
         return image.convert("RGB")  # 1, P, CMYK, YCbCr, HSV, RGBX ...
     except ValueError:  # a mode Pillow cannot turn into RGB (LAB): its first band is lightness
         return image.getchannel(0).convert("L")
 
 
-@cache
+_per_thread = threading.local()
+
+
 def _cascade() -> Cascade:
-    # Loading the XML takes ~10 ms; do it once per process.
-    return Cascade(lbp_frontal_face_cascade_filename())
+    # Loading the XML takes ~10 ms: once per thread, since the worker classifies in several threads
+    # and the cascade object is not documented as safe to share between them.
+    if not hasattr(_per_thread, "cascade"):
+        _per_thread.cascade = Cascade(lbp_frontal_face_cascade_filename())
+    return _per_thread.cascade
 
 
 def largest_face(s: Sample, short_side: int, max_long_side: int) -> float:
     """Width of the largest frontal face found, as a share of the image's shorter side (0 when none)."""
-    gray = Image.fromarray(np.round(s.gray).astype(np.uint8), "L")
+    gray = Image.fromarray(np.round(s.gray).astype(np.uint8))
     # Always scan at the same shorter side, enlarging small images too: this cascade's hits depend on the
     # scale, and one fixed scale keeps its behaviour (and the smallest face it can see) the same for all.
     scale = min(short_side / min(gray.size), max_long_side / max(gray.size))
