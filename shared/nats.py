@@ -69,6 +69,7 @@ class Topology:
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    assert config.name is not None
     try:
         await js.stream_info(config.name)
     except NotFoundError:

@@ -46,7 +46,7 @@ class TaskStore:
             entry = await self._kv.get(task_id)
         except KeyNotFoundError:
             return None
-        if entry.value is None:
+        if entry.value is None or entry.revision is None:
             return None
         return TaskStatus.from_json(entry.value), entry.revision
 

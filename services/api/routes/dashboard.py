@@ -63,7 +63,7 @@ async def dashboard(request: Request, ctx: ContextDep) -> HTMLResponse:
     queues = await queue_depths(ctx.topology)
     gpus = [w for w in workers if w.get("service") == "upscaler"]
     busy_queues = [q for q in queues if q["pending"] or q["ack_pending"]]
-    totals = {}
+    totals: dict[str, dict[str, Any]] = {}
     for q in queues:
         total = totals.setdefault(q["stage"], {"stage": q["stage"], "pending": 0, "ack_pending": 0})
         total["pending"] += q["pending"]
