@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import nats
 import pytest
+from nats.js.errors import NoKeysError
 
 from shared.messages import TASKS_BUCKET, work_stream
 from tests.conftest import system_env
@@ -131,3 +132,27 @@ async def test_health_is_503_while_nats_is_down(own_system: System, own_nats: Na
         async with asyncio.timeout(20):  # the client reconnects by itself
             while (await api.get("/health")).status_code != 200:
                 await asyncio.sleep(0.1)
+
+
+async def test_submission_while_nats_is_down_is_503_and_queues_nothing(
+    own_system: System, own_nats: NatsServer
+) -> None:
+    await own_system.start("api")
+    async with httpx.AsyncClient(base_url=own_system.api_url, timeout=30) as api:
+        own_nats.stop()
+        response = await api.post(
+            "/api/v1/tasks", json={"task_name": TASK, "args": ["https://example.com/a.png", "s3://bucket/a.png"]}
+        )
+        assert response.status_code == 503
+        assert response.json()["detail"] == "task queue unavailable, retry later"
+        own_nats.restart()
+        async with asyncio.timeout(20):
+            while (await api.get("/health")).status_code != 200:
+                await asyncio.sleep(0.1)
+    nc = await nats.connect(own_system.nats_url)
+    try:
+        kv = await nc.jetstream().key_value(TASKS_BUCKET)
+        with pytest.raises(NoKeysError):
+            await kv.keys()  # the entry written before the failure was removed again
+    finally:
+        await nc.close()

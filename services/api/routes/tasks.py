@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from typing import Any
@@ -24,6 +25,7 @@ log = structlog.get_logger()
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Invalid task name or arguments"},
+    503: {"model": ErrorResponse, "description": "NATS unreachable: nothing was queued"},
     404: {"model": ErrorResponse, "description": "Task ID not found"},
 }
 
@@ -88,12 +90,20 @@ async def submit_task(body: SubmitTaskRequest, ctx: ContextDep) -> Any:
         submitted_at=record.submitted_at,
     )
     updates = await ctx.topology.nc.subscribe(f"$KV.{TASKS_BUCKET}.{task_id}") if body.sync else None
-    await ctx.store.create(record)
-    await ctx.topology.js.publish(
-        work_subject(body.priority, PIPELINE[0], task_id),
-        message.pack(),
-        headers={"Nats-Msg-Id": f"{task_id}.{PIPELINE[0].value}"},
-    )
+    try:
+        await ctx.store.create(record)
+        await ctx.topology.js.publish(
+            work_subject(body.priority, PIPELINE[0], task_id),
+            message.pack(),
+            headers={"Nats-Msg-Id": f"{task_id}.{PIPELINE[0].value}"},
+        )
+    except Exception as exc:  # NATS unreachable or JetStream unavailable: nothing was accepted
+        if updates is not None:
+            await updates.unsubscribe()
+        with contextlib.suppress(Exception):
+            await ctx.store.delete(task_id)
+        log.error("submit_failed", task_id=task_id, error=repr(exc))
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "task queue unavailable, retry later") from exc
     ctx.metrics.submitted.labels(body.task_name).inc()
     log.info("task_submitted", task_id=task_id, priority=body.priority, sync=body.sync)
     if updates is not None:
