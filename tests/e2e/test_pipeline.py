@@ -173,3 +173,22 @@ async def test_fifty_concurrent_tasks_all_succeed(
     metrics = (await api.get("/dashboard/metrics")).text
     assert f'tasks_submitted_total{{task_name="{TASK}"}}' in metrics
     assert f'tasks_completed_total{{status="success",task_name="{TASK}"}}' in metrics
+
+
+async def test_s3_input_to_presigned_put_output(
+    api: httpx.AsyncClient, system: System, s3_server: S3Server, s3_bucket: str
+) -> None:
+    client = s3_server.client()
+    client.put_object(Bucket=s3_bucket, Key="in/cat.webp", Body=photo("chelsea.png", (30, 20), fmt="WEBP"))
+    presigned = client.generate_presigned_url(
+        "put_object", Params={"Bucket": s3_bucket, "Key": "out/cat.webp", "ContentType": "image/webp"}
+    )
+    response = await submit(api, f"s3://{s3_bucket}/in/cat.webp", presigned, sync=True)
+
+    status = response.json()
+    assert status["state"] == "SUCCESS", status["error"]
+    stored = client.get_object(Bucket=s3_bucket, Key="out/cat.webp")
+    assert stored["ContentType"] == "image/webp"
+    data = stored["Body"].read()
+    assert Image.open(io.BytesIO(data)).format == "WEBP"
+    assert size_of(data) == (120, 80)
