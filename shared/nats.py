@@ -46,9 +46,11 @@ DUPLICATE_WINDOW_S = 120.0
 
 
 async def connect(settings: Settings, name: str) -> NATS:
-    """Connect with unbounded reconnects: a restarting server must not stop a service."""
+    """Connect with unbounded reconnects: a restarting server must not stop a service.
+
+    `NATS_URL` may list several servers separated by commas (the nodes of a cluster)."""
     return await nats.connect(
-        settings.nats_url,
+        servers=[url.strip() for url in settings.nats_url.split(",") if url.strip()],
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
