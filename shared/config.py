@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=0, ge=0, le=65535)  # stage services' own /metrics; 0: off
 
     events_max_age_s: float = Field(default=7 * 24 * 3600, gt=0)
+    dead_letters_max_age_s: float = Field(default=30 * 24 * 3600, gt=0)
+    idempotency_ttl_s: float = Field(default=24 * 3600, gt=0)
+    lease_ttl_s: float = Field(default=10.0, ge=2)
     heartbeat_s: float = Field(default=5.0, gt=0)
 
     @field_validator("device")

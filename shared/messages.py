@@ -72,7 +72,18 @@ def event_subject(task_name: str, state: str) -> str:
     return f"task.events.{task_name}.{state.lower()}"
 
 
+# Dead letters: a message that failed for good, copied with its headers and the error.
+DEAD_STREAM = "TM_DEAD"
+DEAD_SUBJECTS = "tm.dead.>"
+
+
+def dead_subject(stage: Stage, task_id: str) -> str:
+    return f"tm.dead.{stage.value}.{task_id}"
+
+
 TASKS_BUCKET = "TM_TASKS"  # KV: task_id -> TaskStatus JSON
+LEASES_BUCKET = "TM_LEASES"  # KV with TTL: singleton roles (the sweeper) held by one process at a time
+IDEMPOTENCY_BUCKET = "TM_IDEMPOTENCY"  # KV with TTL: hashed Idempotency-Key -> task_id
 WORKERS_BUCKET = "TM_WORKERS"  # KV with TTL: <service>.<worker_id> -> WorkerInfo JSON (heartbeats)
 BLOBS_BUCKET = "TM_BLOBS"  # object store: <task_id>/input, <task_id>/output
 

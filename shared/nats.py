@@ -29,8 +29,12 @@ from nats.js.object_store import ObjectStore
 from shared.config import Settings
 from shared.messages import (
     BLOBS_BUCKET,
+    DEAD_STREAM,
+    DEAD_SUBJECTS,
     EVENTS_STREAM,
     EVENTS_SUBJECTS,
+    IDEMPOTENCY_BUCKET,
+    LEASES_BUCKET,
     PIPELINE,
     PRIORITIES,
     TASKS_BUCKET,
@@ -67,6 +71,8 @@ class Topology:
     js: JetStreamContext
     tasks: KeyValue
     workers: KeyValue
+    leases: KeyValue
+    idempotency: KeyValue
     blobs: ObjectStore
 
 
@@ -133,6 +139,19 @@ async def declare(nc: NATS, settings: Settings) -> Topology:
             duplicate_window=DUPLICATE_WINDOW_S,
         ),
     )
+    await _ensure_stream(
+        js,
+        StreamConfig(
+            name=DEAD_STREAM,
+            description="Dead letters: messages that failed for good, with their headers and error",
+            subjects=[DEAD_SUBJECTS],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=settings.replicas,
+            max_age=settings.dead_letters_max_age_s,
+            duplicate_window=DUPLICATE_WINDOW_S,
+        ),
+    )
     tasks = await js.create_key_value(
         KeyValueConfig(bucket=TASKS_BUCKET, history=1, replicas=settings.replicas, storage=StorageType.FILE)
     )
@@ -145,7 +164,13 @@ async def declare(nc: NATS, settings: Settings) -> Topology:
             storage=StorageType.MEMORY,
         )
     )
+    leases = await js.create_key_value(
+        KeyValueConfig(bucket=LEASES_BUCKET, history=1, ttl=settings.lease_ttl_s, replicas=settings.replicas)
+    )
+    idempotency = await js.create_key_value(
+        KeyValueConfig(bucket=IDEMPOTENCY_BUCKET, history=1, ttl=settings.idempotency_ttl_s, replicas=settings.replicas)
+    )
     blobs = await js.create_object_store(
         BLOBS_BUCKET, ObjectStoreConfig(replicas=settings.replicas, storage=StorageType.FILE)
     )
-    return Topology(nc=nc, js=js, tasks=tasks, workers=workers, blobs=blobs)
+    return Topology(nc=nc, js=js, tasks=tasks, workers=workers, leases=leases, idempotency=idempotency, blobs=blobs)
