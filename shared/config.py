@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     max_retries: int = Field(default=3, ge=0, le=20)
     retry_base_delay_s: float = Field(default=0.5, ge=0)
     concurrency: int = Field(default=4, ge=1, le=256)  # messages a stage process works on at once
+    stall_timeout_s: float = Field(default=300.0, gt=0)  # a stage with no progress this long is retried
+    shutdown_grace_s: float = Field(default=25.0, ge=0)  # SIGTERM: finish in-flight work this long, then nak
 
     model_dir: Path = Field(default_factory=default_model_dir)
     device: str = "auto"  # auto | cpu | cuda | cuda:N

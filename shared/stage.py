@@ -2,14 +2,17 @@
 
 A stage service only supplies `handle(job)`. This module owns what must be the same everywhere:
 state transitions with compare-and-set, the mapping of errors to acknowledgements, in-progress
-heartbeats while a handler runs, retries with backoff, clean-up of a failed task's objects, and
-graceful shutdown.
+acks while a handler makes progress, retries with backoff, dead letters, clean-up of a failed
+task's objects, and graceful shutdown.
 
     success              -> state: stage SUCCESS, publish to the next stage (or the handler
                             finished the task), then msg.ack()
-    RetryableError/bug   -> msg.nak(backoff) while attempts remain, else FAILURE + ack
-    PermanentError       -> FAILURE with the error at once + ack
+    RetryableError/bug   -> msg.nak(backoff) while attempts remain, else FAILURE
+    PermanentError       -> FAILURE at once
+    FAILURE              -> copy to the dead-letter stream, remove the task's objects, msg.ack()
     task gone / terminal -> (deleted, revoked, timed out) ack and drop: nobody wants the work
+    no progress for TM_STALL_TIMEOUT_S -> the handler is cancelled and the message retried
+    SIGTERM              -> stop taking; finish in-flight work for TM_SHUTDOWN_GRACE_S, nak the rest
 """
 
 from __future__ import annotations
@@ -17,14 +20,16 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from nats.aio.msg import Msg
 
 from shared.blobs import discard_task_blobs
 from shared.config import Settings
+from shared.deadletters import dead_letter
 from shared.errors import PermanentError, RetryableError
 from shared.messages import Stage, TaskMessage, next_stage, work_subject
 from shared.nats import Topology
@@ -38,7 +43,7 @@ MAX_BACKOFF_S = 30.0
 
 
 def backoff_s(attempt: int, base_s: float) -> float:
-    """Exponential backoff with full jitter between half and the whole step, capped."""
+    """Exponential backoff with jitter between half and the whole step, capped."""
     step = min(MAX_BACKOFF_S, base_s * (2 ** max(attempt - 1, 0)))
     return step * random.uniform(0.5, 1.0)
 
@@ -52,10 +57,16 @@ class Job:
     attempt: int
     stage: Stage
     store: TaskStore
+    last_activity: float = field(default_factory=time.monotonic)
     _last_progress_s: float = field(default=0.0)
+
+    def touch(self) -> None:
+        """Show the job is alive and moving (the watchdog extends the ack deadline only then)."""
+        self.last_activity = time.monotonic()
 
     async def report_progress(self, fraction: float, min_interval_s: float = 0.25) -> None:
         """Record progress inside this stage; raises TaskFinishedError if the task was ended meanwhile."""
+        self.touch()
         now = time.monotonic()
         if fraction < 1.0 and now - self._last_progress_s < min_interval_s:
             return
@@ -63,7 +74,7 @@ class Job:
         self.status = await self.store.update(self.task.task_id, lambda s: s.report_progress(self.stage, fraction))
 
 
-Handler = Callable[[Job], Awaitable[TaskMessage | None]]
+Handler = Callable[[Job], Coroutine[Any, Any, TaskMessage | None]]
 
 
 @dataclass
@@ -72,6 +83,11 @@ class StageCounters:
     failed: int = 0
     retried: int = 0
     dropped: int = 0
+    handed_back: int = 0
+
+
+class StageStalledError(RetryableError):
+    pass
 
 
 class StageRunner:
@@ -88,16 +104,23 @@ class StageRunner:
         self.in_flight: dict[str, float] = {}  # task_id -> monotonic start
         self._puller = PriorityPuller(topology.nc, stage)
         self._stopping = asyncio.Event()
+        self._works: set[asyncio.Task[TaskMessage | None]] = set()
+        self._handing_back = False
 
     async def run(self) -> None:
         await self._puller.start()
         slots = [asyncio.create_task(self._slot()) for _ in range(self.settings.concurrency)]
         await self._stopping.wait()
         await self._puller.close()
-        await asyncio.gather(*slots, return_exceptions=True)
+        _, unfinished = await asyncio.wait(slots, timeout=self.settings.shutdown_grace_s)
+        if unfinished:
+            self._handing_back = True  # past the grace period: give the work back to other workers
+            for work in list(self._works):
+                work.cancel()
+            await asyncio.wait(unfinished, timeout=10)
 
     def stop(self) -> None:
-        """Stop taking messages; messages in hand are finished first."""
+        """Stop taking messages; messages in hand are finished (or handed back after the grace period)."""
         self._stopping.set()
 
     async def _slot(self) -> None:
@@ -124,6 +147,9 @@ class StageRunner:
             self.in_flight[task.task_id] = started
             try:
                 outcome = await self._process(msg, task)
+            except Exception as exc:  # NATS trouble while recording: the message will be redelivered
+                log.exception("stage_error", error=repr(exc))
+                outcome = "error"
             finally:
                 self.in_flight.pop(task.task_id, None)
             log.info(
@@ -134,26 +160,29 @@ class StageRunner:
             )
 
     async def _process(self, msg: Msg, task: TaskMessage) -> str:
-        attempt = msg.metadata.num_delivered
+        attempt = msg.metadata.num_delivered or 1
         try:
             status = await self.store.update(task.task_id, lambda s: s.start_stage(self.stage, self.worker_id))
         except (TaskGoneError, TaskFinishedError) as exc:
             return await self._drop(msg, task, exc)
         job = Job(task=task, status=status, attempt=attempt, stage=self.stage, store=self.store)
-        heartbeat = asyncio.create_task(self._keep_alive(msg))
         try:
-            result = await self.handler(job)
+            result = await self._run_watched(msg, job)
         except (TaskGoneError, TaskFinishedError) as exc:
             return await self._drop(msg, task, exc)
         except PermanentError as exc:
-            return await self._fail(msg, task, str(exc))
+            return await self._fail(msg, task, str(exc), attempt)
         except RetryableError as exc:
             return await self._retry(msg, task, str(exc), exc.delay_s, attempt)
+        except asyncio.CancelledError:
+            if not self._handing_back:
+                raise
+            await msg.nak()
+            self.counters.handed_back += 1
+            return "handed_back"
         except Exception as exc:
             log.exception("handler_bug", error=repr(exc))
             return await self._retry(msg, task, f"internal error: {exc!r}", None, attempt)
-        finally:
-            heartbeat.cancel()
         try:
             following = next_stage(self.stage)
             if following is not None and result is not None:
@@ -169,15 +198,29 @@ class StageRunner:
         self.counters.succeeded += 1
         return "success"
 
-    async def _keep_alive(self, msg: Msg) -> None:
-        """Tell JetStream we are alive so a long stage is not redelivered to another worker."""
-        interval = max(self.settings.ack_wait_s / 3, 0.5)
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await msg.in_progress()
-            except Exception as exc:
-                log.warning("in_progress_failed", error=str(exc))
+    async def _run_watched(self, msg: Msg, job: Job) -> TaskMessage | None:
+        """Run the handler; while it makes progress keep the message ours, cancel it when it stalls."""
+        work: asyncio.Task[TaskMessage | None] = asyncio.create_task(self.handler(job))
+        self._works.add(work)
+        interval = max(min(self.settings.ack_wait_s / 3, self.settings.stall_timeout_s / 2), 0.2)
+        try:
+            while True:
+                done, _ = await asyncio.wait({work}, timeout=interval)
+                if done:
+                    return work.result()
+                idle_s = time.monotonic() - job.last_activity
+                if idle_s > self.settings.stall_timeout_s:
+                    work.cancel()
+                    await asyncio.wait({work})
+                    raise StageStalledError(f"{self.stage.value} made no progress for {idle_s:.0f} s")
+                try:
+                    await msg.in_progress()
+                except Exception as exc:
+                    log.warning("in_progress_failed", error=str(exc))
+        finally:
+            self._works.discard(work)
+            if not work.done():
+                work.cancel()
 
     async def _drop(self, msg: Msg, task: TaskMessage, reason: Exception) -> str:
         if isinstance(reason, TaskGoneError):
@@ -187,11 +230,24 @@ class StageRunner:
         log.info("task_dropped", reason=str(reason))
         return "dropped"
 
-    async def _fail(self, msg: Msg, task: TaskMessage, error: str) -> str:
+    async def _fail(self, msg: Msg, task: TaskMessage, error: str, attempt: int) -> str:
         try:
             await self.store.update(task.task_id, lambda s: s.fail(error, self.stage))
         except (TaskGoneError, TaskFinishedError) as exc:
             return await self._drop(msg, task, exc)
+        metadata = msg.metadata
+        await dead_letter(
+            self.topology.js,
+            msg.data,
+            msg.headers,
+            stage=self.stage,
+            task_id=task.task_id,
+            error=error,
+            origin_subject=msg.subject,
+            origin_stream=metadata.stream or "",
+            origin_seq=metadata.sequence.stream if metadata.sequence else 0,
+            attempts=attempt,
+        )
         await discard_task_blobs(self.topology.blobs, task.task_id)
         await msg.ack()
         self.counters.failed += 1
@@ -200,12 +256,12 @@ class StageRunner:
 
     async def _retry(self, msg: Msg, task: TaskMessage, error: str, delay_s: float | None, attempt: int) -> str:
         if attempt > self.settings.max_retries:
-            return await self._fail(msg, task, f"{error} (gave up after {attempt} attempts)")
+            return await self._fail(msg, task, f"{error} (gave up after {attempt} attempts)", attempt)
+        delay = delay_s if delay_s is not None else backoff_s(attempt, self.settings.retry_base_delay_s)
         try:
-            await self.store.update(task.task_id, lambda s: s.retry_stage(self.stage, error))
+            await self.store.update(task.task_id, lambda s: s.retry_stage(self.stage, error, delay))
         except (TaskGoneError, TaskFinishedError) as exc:
             return await self._drop(msg, task, exc)
-        delay = delay_s if delay_s is not None else backoff_s(attempt, self.settings.retry_base_delay_s)
         await msg.nak(delay=delay)
         self.counters.retried += 1
         log.info("task_retry", error=error, attempt=attempt, delay_s=round(delay, 3))

@@ -14,13 +14,13 @@ The transition methods mutate a copy that the store then writes with compare-and
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.messages import PIPELINE, SCHEMA_VERSION, TASK_NAME, Classification, Stage, TaskMessage
+from shared.messages import PIPELINE, SCHEMA_VERSION, TASK_NAME, Classification, Stage, TaskMessage, next_stage
 
 
 class TaskState(StrEnum):
@@ -48,9 +48,10 @@ STAGE_WEIGHTS: dict[Stage, float] = {
 }
 
 
-def utc_now() -> str:
-    """Current time as an ISO-8601 UTC timestamp ending in Z, like the API reference shows."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def utc_now(plus_s: float = 0.0) -> str:
+    """Current time (plus `plus_s`) as an ISO-8601 UTC timestamp ending in Z, like the API reference shows."""
+    moment = datetime.now(UTC) + timedelta(seconds=plus_s)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_time(value: str) -> datetime:
@@ -76,6 +77,7 @@ class Subtask(BaseModel):
 
     name: Stage
     state: TaskState = TaskState.PENDING
+    queued_at: str | None = None  # when its message became available to take (the queue timeout's start)
     worker_id: str | None = None
     started_at: str | None = None
     completed_at: str | None = None
@@ -111,6 +113,7 @@ class TaskStatus(BaseModel):
     def new(cls, task_id: str, **fields: Any) -> TaskStatus:
         status = cls(task_id=task_id, submitted_at=utc_now(), **fields)
         status.subtasks = [Subtask(name=stage) for stage in PIPELINE]
+        status.subtasks[0].queued_at = status.submitted_at
         return status
 
     def subtask(self, stage: Stage) -> Subtask:
@@ -156,13 +159,38 @@ class TaskStatus(BaseModel):
             self.state = TaskState.STARTED
             self.started_at = entry.completed_at
         self.progress = max(self.progress, stage_progress(stage, 1.0))
+        following = next_stage(stage)
+        if following is not None:
+            self.subtask(following).queued_at = entry.completed_at
 
-    def retry_stage(self, stage: Stage, error: str) -> None:
-        """`stage` failed in a way that may pass; its message will be redelivered."""
+    def retry_stage(self, stage: Stage, error: str, delay_s: float = 0.0) -> None:
+        """`stage` failed in a way that may pass; its message comes back after `delay_s`."""
         self._require_open()
         entry = self.subtask(stage)
         entry.state = TaskState.PENDING
         entry.error = error
+        entry.queued_at = utc_now(delay_s)
+
+    def waiting(self) -> Subtask | None:
+        """The stage whose queue the task waits in, or None when a worker holds it or it is finished."""
+        if self.state.terminal or any(s.state == TaskState.STARTED for s in self.subtasks):
+            return None
+        for entry in self.subtasks:
+            if entry.state == TaskState.PENDING:
+                return entry if entry.queued_at else None
+        return None
+
+    def reopen(self, stage: Stage) -> None:
+        """Operator replay of a failed task from `stage` (dead-letter replay): no longer terminal."""
+        self.state = TaskState.STARTED if self.started_at else TaskState.PENDING
+        self.error = None
+        self.completed_at = None
+        self.result = None
+        entry = self.subtask(stage)
+        entry.state = TaskState.PENDING
+        entry.error = None
+        entry.attempts = 0
+        entry.queued_at = utc_now()
 
     def succeed(self, result: dict[str, Any]) -> None:
         self._require_open()

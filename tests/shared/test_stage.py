@@ -9,9 +9,11 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from shared.config import Settings
+from shared.deadletters import list_dead
 from shared.errors import InputError, RetryableError
 from shared.messages import EVENTS_SUBJECTS, Stage, TaskMessage, work_stream, work_subject
 from shared.nats import Topology
+from shared.puller import PriorityPuller
 from shared.stage import Job, StageRunner, backoff_s
 from shared.state import TaskStatus
 from shared.tasks import TaskStore
@@ -76,6 +78,15 @@ async def test_permanent_error_fails_the_task_once_and_publishes_its_event(
     assert status is not None and status.state == "FAILURE" and status.error == "input URL returned HTTP 404"
     assert calls == 1
     assert await queued(topology) == {}
+    [dead] = await list_dead(topology.js)
+    assert (dead.task_id, dead.stage, dead.error, dead.attempts) == (
+        "bad",
+        Stage.FETCH,
+        "input URL returned HTTP 404",
+        1,
+    )
+    assert dead.origin_subject == "tm.work.p5.fetch.bad"
+    assert dead.message is not None and dead.message.task_id == "bad"
     event = await events.next_msg(timeout=5)
     assert event.subject == "task.events.image_super_resolution_pipeline.failure"
     assert json.loads(event.data)["task_id"] == "bad"
@@ -135,6 +146,63 @@ async def test_deleted_task_is_dropped_without_running(topology: Topology, setti
 
     await run_until(topology, settings, handle, lambda r: r.counters.dropped == 1)
     assert await queued(topology) == {}
+
+
+async def test_a_stalled_handler_is_cancelled_and_retried(topology: Topology, settings: Settings) -> None:
+    store = await queue_task(topology, "stuck")
+    attempts: list[int] = []
+
+    async def handle(job: Job) -> TaskMessage:
+        attempts.append(job.attempt)
+        if job.attempt == 1:
+            await asyncio.sleep(3600)  # hangs without reporting progress
+        return job.task
+
+    fast = settings.model_copy(update={"stall_timeout_s": 0.5})
+    runner = await run_until(topology, fast, handle, lambda r: r.counters.succeeded == 1)
+    assert attempts == [1, 2] and runner.counters.retried == 1
+    status = await store.get("stuck")
+    assert status is not None and status.subtask(Stage.FETCH).attempts == 2
+
+
+async def test_progress_keeps_a_slow_handler_alive_past_ack_wait(topology: Topology, settings: Settings) -> None:
+    await queue_task(topology, "slow")
+    attempts: list[int] = []
+
+    async def handle(job: Job) -> TaskMessage:
+        attempts.append(job.attempt)
+        for step in range(12):  # 3 s in all, with ack_wait 1 s and a 0.5 s stall limit
+            await asyncio.sleep(0.25)
+            await job.report_progress(step / 12)
+        return job.task
+
+    quick = settings.model_copy(update={"ack_wait_s": 1, "stall_timeout_s": 0.5})
+    runner = await run_until(topology, quick, handle, lambda r: r.counters.succeeded == 1)
+    assert attempts == [1] and runner.counters.retried == 0
+
+
+async def test_shutdown_hands_back_work_past_the_grace_period(topology: Topology, settings: Settings) -> None:
+    await queue_task(topology, "long")
+    started = asyncio.Event()
+
+    async def handle(job: Job) -> TaskMessage:
+        started.set()
+        while True:
+            await asyncio.sleep(0.05)
+            job.touch()
+
+    runner = StageRunner(Stage.FETCH, handle, topology, settings.model_copy(update={"shutdown_grace_s": 0.3}), "w")
+    running = asyncio.create_task(runner.run())
+    await asyncio.wait_for(started.wait(), timeout=10)
+    runner.stop()
+    await asyncio.wait_for(running, timeout=10)
+    assert runner.counters.handed_back == 1
+    # Handed back, not lost: the message is available again at once.
+    puller = PriorityPuller(topology.nc, Stage.FETCH)
+    await puller.start()
+    msg = await asyncio.wait_for(puller.next(), timeout=5)
+    assert msg is not None and msg.metadata.num_delivered == 2
+    await puller.close()
 
 
 def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
