@@ -58,6 +58,7 @@ class Job:
     stage: Stage
     store: TaskStore
     last_activity: float = field(default_factory=time.monotonic)
+    waiting_locally: bool = False  # queued inside the process (e.g. for the model): alive, not stalled
     _last_progress_s: float = field(default=0.0)
 
     def touch(self) -> None:
@@ -208,6 +209,8 @@ class StageRunner:
                 done, _ = await asyncio.wait({work}, timeout=interval)
                 if done:
                     return work.result()
+                if job.waiting_locally:
+                    job.touch()
                 idle_s = time.monotonic() - job.last_activity
                 if idle_s > self.settings.stall_timeout_s:
                     work.cancel()

@@ -65,7 +65,10 @@ async def make_handler(topology: Topology, settings: Settings, upscaler: Upscale
         task = job.task
         data = await read_blob(topology.blobs, input_object(task.task_id))
         category = task.classification.category if task.classification else Category.PHOTO
+        job.waiting_locally = True
         async with gate.hold(task.priority):
+            job.waiting_locally = False
+            job.touch()
             result, encoded = await asyncio.to_thread(run, data, category, task, ProgressBridge(job, loop))
         await write_blob(topology.blobs, output_object(task.task_id), encoded)
         return task.model_copy(
