@@ -14,8 +14,9 @@ from typing import Any
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from shared.messages import DEAD_STREAM, Stage, TaskMessage, dead_subject
+from shared.messages import DEAD_STREAM, DEAD_SUBJECTS, PIPELINE, Stage, TaskMessage, dead_subject, work_subject
 from shared.state import utc_now
+from shared.tasks import TaskGoneError, TaskStore
 
 # Headers the dead letter adds; the original message's own headers are kept beside them.
 H_ERROR = "Tm-Error"
@@ -111,7 +112,7 @@ async def list_dead(js: JetStreamContext, limit: int = 1000) -> list[DeadLetter]
     seq = 1
     while len(found) < limit:
         try:
-            raw = await js.get_msg(DEAD_STREAM, seq=seq, next=True)
+            raw = await js.get_msg(DEAD_STREAM, seq=seq, next=True, subject=DEAD_SUBJECTS)
         except NotFoundError:
             break
         found.append(_parse(raw))
@@ -131,3 +132,22 @@ async def discard_dead(js: JetStreamContext, seq: int) -> bool:
         return await js.delete_msg(DEAD_STREAM, seq)
     except NotFoundError:
         return False
+
+
+async def replay_dead(js: JetStreamContext, store: TaskStore, seq: int) -> str:
+    """Run a dead letter's task again from the first stage (its intermediate objects are gone) and
+    remove the dead letter; returns the task id. Raises LookupError for an unknown seq or task."""
+    dead = await get_dead(js, seq)
+    if dead is None or dead.message is None:
+        raise LookupError(f"no dead letter with seq {seq}")
+    try:
+        status = await store.update(dead.task_id, lambda s: s.reopen())
+    except TaskGoneError as exc:
+        raise LookupError(f"task {dead.task_id} was deleted; nothing to replay") from exc
+    await js.publish(
+        work_subject(dead.message.priority, PIPELINE[0], dead.task_id),
+        dead.message.pack(),
+        headers={"Nats-Msg-Id": f"{dead.task_id}.{PIPELINE[0].value}.run{status.run}"},
+    )
+    await discard_dead(js, seq)
+    return dead.task_id

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import nats
+import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -47,6 +48,7 @@ from shared.messages import (
 )
 
 DUPLICATE_WINDOW_S = 120.0
+log = structlog.get_logger()
 
 
 async def connect(settings: Settings, name: str) -> NATS:
@@ -89,6 +91,37 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     await js.update_stream(config)
 
 
+async def _ensure_kv(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
+    """Create the bucket, or use it as it is when another service created it with other settings
+    (e.g. a different heartbeat TTL): the first declaration wins, no service fails to start."""
+    try:
+        return await js.create_key_value(config)
+    except BadRequestError:
+        log.warning("bucket_config_differs", bucket=config.bucket)
+        return await js.key_value(config.bucket)
+
+
+async def _ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
+    try:
+        await js.add_consumer(stream, config)
+    except BadRequestError as exc:  # exists with another config (e.g. a different ack wait): keep it
+        log.warning("consumer_config_differs", stream=stream, consumer=config.durable_name, error=str(exc))
+
+
+async def bind(nc: NATS) -> Topology:
+    """Handles on the topology without declaring anything (tools that must not change it)."""
+    js = nc.jetstream()
+    return Topology(
+        nc=nc,
+        js=js,
+        tasks=await js.key_value(TASKS_BUCKET),
+        workers=await js.key_value(WORKERS_BUCKET),
+        leases=await js.key_value(LEASES_BUCKET),
+        idempotency=await js.key_value(IDEMPOTENCY_BUCKET),
+        blobs=await js.object_store(BLOBS_BUCKET),
+    )
+
+
 def work_stream_config(priority: int, settings: Settings) -> StreamConfig:
     return StreamConfig(
         name=work_stream(priority),
@@ -125,7 +158,7 @@ async def declare(nc: NATS, settings: Settings) -> Topology:
     for priority in PRIORITIES:
         await _ensure_stream(js, work_stream_config(priority, settings))
         for stage in PIPELINE:
-            await js.add_consumer(work_stream(priority), stage_consumer_config(stage, priority, settings))
+            await _ensure_consumer(js, work_stream(priority), stage_consumer_config(stage, priority, settings))
     await _ensure_stream(
         js,
         StreamConfig(
@@ -152,25 +185,32 @@ async def declare(nc: NATS, settings: Settings) -> Topology:
             duplicate_window=DUPLICATE_WINDOW_S,
         ),
     )
-    tasks = await js.create_key_value(
-        KeyValueConfig(bucket=TASKS_BUCKET, history=1, replicas=settings.replicas, storage=StorageType.FILE)
+    tasks = await _ensure_kv(
+        js, KeyValueConfig(bucket=TASKS_BUCKET, history=1, replicas=settings.replicas, storage=StorageType.FILE)
     )
-    workers = await js.create_key_value(
+    workers = await _ensure_kv(
+        js,
         KeyValueConfig(
             bucket=WORKERS_BUCKET,
             history=1,
             ttl=settings.heartbeat_s * 3,
             replicas=settings.replicas,
             storage=StorageType.MEMORY,
+        ),
+    )
+    leases = await _ensure_kv(
+        js, KeyValueConfig(bucket=LEASES_BUCKET, history=1, ttl=settings.lease_ttl_s, replicas=settings.replicas)
+    )
+    idempotency = await _ensure_kv(
+        js,
+        KeyValueConfig(
+            bucket=IDEMPOTENCY_BUCKET, history=1, ttl=settings.idempotency_ttl_s, replicas=settings.replicas
+        ),
+    )
+    try:
+        blobs = await js.create_object_store(
+            BLOBS_BUCKET, ObjectStoreConfig(replicas=settings.replicas, storage=StorageType.FILE)
         )
-    )
-    leases = await js.create_key_value(
-        KeyValueConfig(bucket=LEASES_BUCKET, history=1, ttl=settings.lease_ttl_s, replicas=settings.replicas)
-    )
-    idempotency = await js.create_key_value(
-        KeyValueConfig(bucket=IDEMPOTENCY_BUCKET, history=1, ttl=settings.idempotency_ttl_s, replicas=settings.replicas)
-    )
-    blobs = await js.create_object_store(
-        BLOBS_BUCKET, ObjectStoreConfig(replicas=settings.replicas, storage=StorageType.FILE)
-    )
+    except BadRequestError:
+        blobs = await js.object_store(BLOBS_BUCKET)
     return Topology(nc=nc, js=js, tasks=tasks, workers=workers, leases=leases, idempotency=idempotency, blobs=blobs)

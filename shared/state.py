@@ -107,6 +107,7 @@ class TaskStatus(BaseModel):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     classification: Classification | None = None
     worker_type: str | None = None  # "gpu" | "cpu": where the upscaling ran
+    run: int = 1  # incremented when an operator replays the task from the dead-letter stream
     schema_version: int = SCHEMA_VERSION
 
     @classmethod
@@ -180,17 +181,15 @@ class TaskStatus(BaseModel):
                 return entry if entry.queued_at else None
         return None
 
-    def reopen(self, stage: Stage) -> None:
-        """Operator replay of a failed task from `stage` (dead-letter replay): no longer terminal."""
-        self.state = TaskState.STARTED if self.started_at else TaskState.PENDING
-        self.error = None
-        self.completed_at = None
-        self.result = None
-        entry = self.subtask(stage)
-        entry.state = TaskState.PENDING
-        entry.error = None
-        entry.attempts = 0
-        entry.queued_at = utc_now()
+    def reopen(self) -> None:
+        """Run the task again from the first stage (dead-letter replay): a new run of the same task."""
+        self.run += 1
+        self.state = TaskState.PENDING
+        self.progress = 0.0
+        self.result = self.error = None
+        self.received_at = self.started_at = self.completed_at = None
+        self.subtasks = [Subtask(name=stage) for stage in PIPELINE]
+        self.subtasks[0].queued_at = utc_now()
 
     def succeed(self, result: dict[str, Any]) -> None:
         self._require_open()

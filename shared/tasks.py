@@ -77,7 +77,7 @@ class TaskStore:
         await self._js.publish(
             event_subject(status.task_name, status.state.value),
             status.to_json(),
-            headers={"Nats-Msg-Id": f"{status.task_id}.{status.state.value}"},
+            headers={"Nats-Msg-Id": f"{status.task_id}.{status.run}.{status.state.value}"},
         )
 
     async def delete(self, task_id: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,10 +12,11 @@ from fastapi.responses import JSONResponse
 
 from services.api.deps import ApiContext
 from services.api.metrics import ApiMetrics
-from services.api.routes import dashboard, health, tasks
+from services.api.routes import dashboard, health, task_control, tasks
+from services.api.sweeper import Sweeper
 from shared.config import Settings
 from shared.nats import connect, declare
-from shared.service import VERSION
+from shared.service import VERSION, make_worker_id
 from shared.tasks import TaskStore
 
 
@@ -41,9 +43,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics = ApiMetrics()
         await metrics.follow_events(nc)
         app.state.context = ApiContext(config, topology, TaskStore(topology.tasks, topology.js), metrics)
+        sweeper = Sweeper(topology, config, holder=make_worker_id("api"))
+        sweeping = asyncio.create_task(sweeper.run())
         try:
             yield
         finally:
+            sweeping.cancel()
+            await asyncio.gather(sweeping, return_exceptions=True)
             await metrics.stop()
             await nc.drain()
 
@@ -55,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_exception_handler(RequestValidationError, _bad_request)
     app.include_router(tasks.router)
+    app.include_router(task_control.router)
     app.include_router(health.router)
     app.include_router(dashboard.router)
     return app

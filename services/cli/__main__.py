@@ -6,7 +6,7 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from services.cli import models, supervisor
+from services.cli import dlq, models, supervisor
 from shared.logging import configure_logging
 
 
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--nats-port", type=int, default=4222, help="port of the embedded NATS server")
     up.set_defaults(func=_up)
     models.register(commands)
+    dlq.register(commands)
     return parser
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 
 import httpx
 import nats
@@ -13,26 +12,11 @@ import pytest
 from nats.js.errors import NoKeysError
 
 from shared.messages import TASKS_BUCKET, work_stream
-from tests.conftest import system_env
 from tests.e2e.images import photo
-from tests.servers import NatsServer, S3Server, StaticHTTPServer, start_nats
+from tests.servers import NatsServer, StaticHTTPServer
 from tests.system import System, wait_terminal
 
 TASK = "image_super_resolution_pipeline"
-
-
-@pytest.fixture
-def own_nats(tmp_path: Path):
-    server = start_nats(tmp_path / "nats")
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def own_system(own_nats: NatsServer, s3_server: S3Server, model_dir: Path, tmp_path: Path):
-    system = System(own_nats.url, tmp_path / "logs", system_env(s3_server, model_dir, TM_CONCURRENCY="1"))
-    yield system
-    system.stop()
 
 
 async def submit_many(api: httpx.AsyncClient, source: str, bucket: str, priority: int, count: int) -> list[str]:

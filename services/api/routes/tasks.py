@@ -6,18 +6,18 @@ import asyncio
 import contextlib
 import os
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 import structlog
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, Header, HTTPException, status
 from fastapi.responses import JSONResponse
 from nats.aio.subscription import Subscription
 
+from services.api import idempotency
 from services.api.deps import ContextDep
-from services.api.schemas import CleanupResponse, ErrorResponse, SubmitTaskRequest, SubmitTaskResponse
+from services.api.schemas import ErrorResponse, SubmitTaskRequest, SubmitTaskResponse
 from services.api.submission import SubmissionError, validate_submission
-from shared.blobs import discard_task_blobs
-from shared.messages import PIPELINE, TASKS_BUCKET, TaskMessage, work_stream, work_subject
+from shared.messages import PIPELINE, TASKS_BUCKET, TaskMessage, work_subject
 from shared.state import TaskStatus
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
@@ -25,6 +25,7 @@ log = structlog.get_logger()
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Invalid task name or arguments"},
+    409: {"model": ErrorResponse, "description": "Idempotency-Key reused for another request"},
     503: {"model": ErrorResponse, "description": "NATS unreachable: nothing was queued"},
     404: {"model": ErrorResponse, "description": "Task ID not found"},
 }
@@ -65,13 +66,27 @@ async def _wait_until_finished(
     response_model=SubmitTaskResponse,
     responses={**ERRORS, 200: {"model": TaskStatus, "description": "Finished task (sync: true)"}},
 )
-async def submit_task(body: SubmitTaskRequest, ctx: ContextDep) -> Any:
+async def submit_task(
+    body: SubmitTaskRequest,
+    ctx: ContextDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(max_length=255, description="Submitting again with the same key returns the same task"),
+    ] = None,
+) -> Any:
     """Submit a new task for processing."""
     try:
         input_url, output_url, options = validate_submission(body, _s3_endpoint())
     except SubmissionError as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
     task_id = str(uuid.uuid4())
+    if idempotency_key:
+        try:
+            existing = await idempotency.claim(ctx.topology.idempotency, idempotency_key, body, task_id)
+        except idempotency.IdempotencyConflictError as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+        if existing is not None:
+            return await _existing_task(ctx, existing, body.sync)
     record = TaskStatus.new(
         task_id,
         task_name=body.task_name,
@@ -102,6 +117,8 @@ async def submit_task(body: SubmitTaskRequest, ctx: ContextDep) -> Any:
             await updates.unsubscribe()
         with contextlib.suppress(Exception):
             await ctx.store.delete(task_id)
+        if idempotency_key:
+            await idempotency.release(ctx.topology.idempotency, idempotency_key)
         log.error("submit_failed", task_id=task_id, error=repr(exc))
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "task queue unavailable, retry later") from exc
     ctx.metrics.submitted.labels(body.task_name).inc()
@@ -113,32 +130,29 @@ async def submit_task(body: SubmitTaskRequest, ctx: ContextDep) -> Any:
     return SubmitTaskResponse(task_id=task_id, state=record.state.value, submitted_at=record.submitted_at)
 
 
+async def _existing_task(ctx: ContextDep, task_id: str, sync: bool) -> Any:
+    """The answer to a repeated submission: the task the key already names."""
+    found = await ctx.store.get(task_id)
+    if found is None:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"Idempotency-Key names task {task_id}, which was deleted")
+    if sync and not found.state.terminal:
+        updates = await ctx.topology.nc.subscribe(f"$KV.{TASKS_BUCKET}.{task_id}")
+        found = await _wait_until_finished(ctx, task_id, updates, ctx.settings.sync_wait_s) or found
+    if sync and found.state.terminal:
+        return JSONResponse(found.model_dump(mode="json"), status_code=status.HTTP_200_OK)
+    return SubmitTaskResponse(task_id=task_id, state=found.state.value, submitted_at=found.submitted_at)
+
+
 @router.get("/{task_id}", response_model=TaskStatus, responses=ERRORS)
 async def get_task(task_id: str, ctx: ContextDep) -> TaskStatus:
     """Retrieve the current status of a task."""
-    found = await ctx.store.get(task_id) if _valid_id(task_id) else None
+    found = await ctx.store.get(task_id) if valid_id(task_id) else None
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"Task {task_id} not found")
     return found
 
 
-@router.delete("/{task_id}", response_model=CleanupResponse, responses=ERRORS)
-async def cleanup_task(task_id: str, ctx: ContextDep) -> CleanupResponse:
-    """Remove a task: its queued message, its stored objects and its state."""
-    found = await ctx.store.get(task_id) if _valid_id(task_id) else None
-    if found is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"Task {task_id} not found")
-    # Purge by subject: a queued message of any stage for this task, in its priority's stream.
-    await ctx.topology.js.purge_stream(work_stream(found.priority), subject=f"tm.work.p{found.priority}.*.{task_id}")
-    await ctx.store.delete(task_id)
-    # After the state is gone, a worker still holding the task drops it at its next state write
-    # and removes what it stored; removing the objects here covers the tasks nobody holds.
-    await discard_task_blobs(ctx.topology.blobs, task_id)
-    log.info("task_deleted", task_id=task_id, state=found.state.value)
-    return CleanupResponse(status="success", message=f"Task {task_id} cleaned up")
-
-
-def _valid_id(task_id: str) -> bool:
+def valid_id(task_id: str) -> bool:
     try:
         uuid.UUID(task_id)
     except ValueError:

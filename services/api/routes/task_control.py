@@ -1,0 +1,59 @@
+"""Ending tasks early: revoke (POST /api/v1/tasks/{id}/revoke) and clean-up (DELETE)."""
+
+from __future__ import annotations
+
+import structlog
+from fastapi import APIRouter, HTTPException, status
+
+from services.api.deps import ContextDep
+from services.api.routes.tasks import ERRORS, valid_id
+from services.api.schemas import CleanupResponse
+from shared.blobs import discard_task_blobs
+from shared.lifecycle import end_task, purge_queued
+from shared.state import TaskFinishedError, TaskState, TaskStatus
+from shared.tasks import TaskGoneError
+
+router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
+log = structlog.get_logger()
+
+REVOKE_ERRORS = {**ERRORS, 409: {"description": "The task already finished"}}
+
+
+async def _found(ctx: ContextDep, task_id: str) -> TaskStatus:
+    found = await ctx.store.get(task_id) if valid_id(task_id) else None
+    if found is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"Task {task_id} not found")
+    return found
+
+
+@router.post("/{task_id}/revoke", response_model=TaskStatus, responses=REVOKE_ERRORS)
+async def revoke_task(task_id: str, ctx: ContextDep) -> TaskStatus:
+    """Cancel a task: a queued one leaves its queue, a running one stops at its next stage boundary."""
+    found = await _found(ctx, task_id)
+    try:
+        ended = await end_task(ctx.topology, ctx.store, task_id, TaskState.REVOKED, "revoked by client")
+    except TaskFinishedError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"Task {task_id} already finished: {exc.state.value}") from exc
+    except TaskGoneError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"Task {task_id} not found") from exc
+    log.info("task_revoked", task_id=task_id, was=found.state.value)
+    assert ended is not None
+    return ended
+
+
+@router.delete("/{task_id}", response_model=CleanupResponse, responses=ERRORS)
+async def cleanup_task(task_id: str, ctx: ContextDep) -> CleanupResponse:
+    """Remove task resources: a running task is revoked first; then its queued message, objects and state go."""
+    found = await _found(ctx, task_id)
+    if not found.state.terminal:
+        try:
+            found = await end_task(ctx.topology, ctx.store, task_id, TaskState.REVOKED, "deleted by client") or found
+        except (TaskFinishedError, TaskGoneError):
+            pass
+    await purge_queued(ctx.topology, found)
+    await ctx.store.delete(task_id)
+    # A worker still holding the task drops it at its next state write and removes what it stored;
+    # removing the objects here covers the tasks nobody holds.
+    await discard_task_blobs(ctx.topology.blobs, task_id)
+    log.info("task_deleted", task_id=task_id, state=found.state.value)
+    return CleanupResponse(status="success", message=f"Task {task_id} cleaned up")

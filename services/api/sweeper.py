@@ -1,0 +1,177 @@
+"""The sweeper: ends tasks that waited in a queue past TM_QUEUE_TIMEOUT_S, and dead-letters
+messages JetStream stopped delivering. Runs in every API process; one holds the lease and works.
+
+Timeout rule: each stage's wait counts on its own. A task TIMEs OUT when its message for a stage
+waited longer than the timeout without a worker taking it (at the first stage, or at any later
+one: a stage with no running worker ends its tasks instead of hoarding them). Time spent in a
+worker's hands never counts, nor does a retry's backoff delay.
+
+Candidates come from the work streams themselves, oldest message first (stream order is arrival
+order), and each is confirmed against the task's state before anything is written, so the cost
+follows the number of overdue messages, not the number of tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import RawStreamMsg
+from nats.js.errors import NotFoundError
+
+from shared.blobs import discard_task_blobs
+from shared.config import Settings
+from shared.deadletters import dead_letter
+from shared.lease import Lease
+from shared.lifecycle import end_task
+from shared.messages import PRIORITIES, Stage, TaskMessage, work_stream
+from shared.nats import Topology
+from shared.state import TaskFinishedError, TaskState, TaskStatus, parse_time
+from shared.tasks import TaskGoneError, TaskStore
+
+log = structlog.get_logger()
+
+MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>"
+SWEEP_INTERVAL_S = 1.0
+
+
+class Sweeper:
+    def __init__(self, topology: Topology, settings: Settings, holder: str) -> None:
+        self.topology = topology
+        self.settings = settings
+        self.store = TaskStore(topology.tasks, topology.js)
+        self.lease = Lease(topology.leases, "sweeper", holder)
+        self.timed_out = 0
+        self.dead_lettered = 0
+        self._advisories: Subscription | None = None
+
+    async def run(self) -> None:
+        """Hold (or wait for) the lease and sweep while holding it, until cancelled."""
+        renew_every = self.settings.lease_ttl_s / 3
+        last_renewal = 0.0
+        try:
+            while True:
+                if time.monotonic() - last_renewal >= renew_every or not self.lease.held:
+                    was_held = self.lease.held
+                    try:
+                        await self.lease.keep()
+                    except Exception as exc:  # NATS unavailable: try again next round
+                        log.warning("lease_renewal_failed", error=str(exc))
+                    last_renewal = time.monotonic()
+                    if self.lease.held != was_held:
+                        log.info("sweeper_lease", held=self.lease.held, holder=self.lease.holder)
+                        await self._follow_advisories(self.lease.held)
+                if self.lease.held:
+                    try:
+                        await self.sweep()
+                    except Exception as exc:
+                        log.warning("sweep_failed", error=repr(exc))
+                await asyncio.sleep(SWEEP_INTERVAL_S if self.lease.held else renew_every)
+        finally:
+            await self._follow_advisories(False)
+            await self.lease.release()
+
+    async def sweep(self) -> None:
+        """One pass over every work stream's overdue messages."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=self.settings.queue_timeout_s)
+        for priority in PRIORITIES:
+            seq = 1
+            while True:
+                try:
+                    raw = await self.topology.js.get_msg(
+                        work_stream(priority), seq=seq, next=True, subject=f"tm.work.p{priority}.>"
+                    )
+                except NotFoundError:
+                    break
+                if raw.time is not None and raw.time > cutoff:
+                    break  # every later message arrived later still
+                await self._consider(raw)
+                seq = (raw.seq or seq) + 1
+
+    async def _consider(self, raw: RawStreamMsg) -> None:
+        subject = raw.subject or ""
+        _, _, _, stage_name, task_id = subject.split(".", 4)
+        status = await self.store.get(task_id)
+        if status is None or status.state.terminal:
+            # Left behind by a deleted or finished task (e.g. its purge was interrupted): remove it.
+            await self.topology.js.delete_msg(work_stream(int(subject.split(".")[2][1:])), raw.seq or 0)
+            return
+        waiting = status.waiting()
+        if waiting is None or waiting.name != Stage(stage_name) or not self._overdue(waiting.queued_at):
+            return
+        try:
+            ended = await end_task(
+                self.topology,
+                self.store,
+                task_id,
+                TaskState.TIMEOUT,
+                f"waited more than {self.settings.queue_timeout_s:g} s in the {stage_name} queue",
+                still_wanted=lambda s: self._still_overdue(s, Stage(stage_name)),
+            )
+        except (TaskFinishedError, TaskGoneError):
+            return
+        if ended is not None:
+            self.timed_out += 1
+            log.info("task_timed_out", task_id=task_id, stage=stage_name)
+
+    def _overdue(self, queued_at: str | None) -> bool:
+        if queued_at is None:
+            return False
+        return datetime.now(UTC) - parse_time(queued_at) > timedelta(seconds=self.settings.queue_timeout_s)
+
+    def _still_overdue(self, status: TaskStatus, stage: Stage) -> bool:
+        waiting = status.waiting()
+        return waiting is not None and waiting.name == stage and self._overdue(waiting.queued_at)
+
+    async def _follow_advisories(self, on: bool) -> None:
+        if on and self._advisories is None:
+            self._advisories = await self.topology.nc.subscribe(MAX_DELIVERIES_ADVISORY, cb=self._on_max_deliveries)
+        elif not on and self._advisories is not None:
+            try:
+                await self._advisories.unsubscribe()
+            except Exception:
+                pass
+            self._advisories = None
+
+    async def _on_max_deliveries(self, msg: Msg) -> None:
+        advisory = json.loads(msg.data)
+        stream, seq, deliveries = advisory.get("stream", ""), advisory.get("stream_seq", 0), advisory.get("deliveries")
+        if not stream.startswith("TM_WORK_P"):
+            return
+        try:
+            raw = await self.topology.js.get_msg(stream, seq=seq)
+            await self.dead_letter_undeliverable(raw, deliveries)
+        except Exception as exc:
+            log.warning("max_deliveries_handling_failed", stream=stream, seq=seq, error=repr(exc))
+
+    async def dead_letter_undeliverable(self, raw: RawStreamMsg, deliveries: int | None) -> None:
+        """A message no worker ever finished (each one crashed or went silent): fail its task for good."""
+        task = TaskMessage.unpack(raw.data or b"")
+        stage = Stage((raw.subject or "").split(".")[3])
+        error = f"{stage.value}: delivered {deliveries} times without completing (workers crashed or hung)"
+        try:
+            await self.store.update(task.task_id, lambda s: s.fail(error, stage))
+        except (TaskFinishedError, TaskGoneError):
+            pass
+        else:
+            await dead_letter(
+                self.topology.js,
+                raw.data or b"",
+                raw.headers,
+                stage=stage,
+                task_id=task.task_id,
+                error=error,
+                origin_subject=raw.subject or "",
+                origin_stream=raw.stream or work_stream(task.priority),
+                origin_seq=raw.seq or 0,
+                attempts=deliveries or 0,
+            )
+            self.dead_lettered += 1
+            log.warning("task_dead_lettered", task_id=task.task_id, stage=stage.value, deliveries=deliveries)
+        await self.topology.js.delete_msg(work_stream(task.priority), raw.seq or 0)
+        await discard_task_blobs(self.topology.blobs, task.task_id)

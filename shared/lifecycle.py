@@ -1,0 +1,50 @@
+"""Ending a task from outside the pipeline (TIMEOUT by the sweeper, REVOKED by a client).
+
+The state write comes first, with compare-and-set: from then on every worker that touches the task
+drops it. Then its queued message, if any, is purged (by subject: any stage, one priority stream)
+and its stored objects removed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from shared.blobs import discard_task_blobs
+from shared.messages import work_stream
+from shared.nats import Topology
+from shared.state import TaskState, TaskStatus
+from shared.tasks import TaskStore
+
+
+def queued_subjects(status: TaskStatus) -> str:
+    """Subject filter matching the task's queued message at any stage."""
+    return f"tm.work.p{status.priority}.*.{status.task_id}"
+
+
+async def purge_queued(topology: Topology, status: TaskStatus) -> None:
+    await topology.js.purge_stream(work_stream(status.priority), subject=queued_subjects(status))
+
+
+async def end_task(
+    topology: Topology,
+    store: TaskStore,
+    task_id: str,
+    state: TaskState,
+    reason: str,
+    still_wanted: Callable[[TaskStatus], bool] = lambda status: True,
+) -> TaskStatus | None:
+    """End a task in `state` unless `still_wanted` says otherwise at write time; None when not ended.
+
+    Raises TaskFinishedError (already terminal) and TaskGoneError (deleted) from the state write.
+    """
+
+    def transition(status: TaskStatus) -> None:
+        if still_wanted(status):
+            status.end(state, reason)
+
+    ended = await store.update(task_id, transition)
+    if ended.state != state:
+        return None
+    await purge_queued(topology, ended)
+    await discard_task_blobs(topology.blobs, task_id)
+    return ended

@@ -1,0 +1,159 @@
+"""Ending tasks early and exactly once: queue timeout, revoke, DELETE of a running task, idempotency."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import nats
+import pytest
+
+from shared.messages import PRIORITIES, TASKS_BUCKET, work_stream
+from tests.e2e.images import photo
+from tests.e2e.test_isolated import submit_many, wait_stage_done
+from tests.servers import S3Server, StaticHTTPServer
+from tests.system import System, wait_terminal
+
+TASK = "image_super_resolution_pipeline"
+
+
+async def queued_messages(nats_url: str) -> int:
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        return sum([(await js.stream_info(work_stream(p))).state.messages for p in PRIORITIES])
+    finally:
+        await nc.close()
+
+
+async def wait_for_state(nats_url: str, task_id: str, predicate, timeout_s: float = 60) -> dict:
+    """Watch one task's KV entry until `predicate(status)` holds."""
+    nc = await nats.connect(nats_url)
+    try:
+        kv = await nc.jetstream().key_value(TASKS_BUCKET)
+        watcher = await kv.watch(task_id)
+        async with asyncio.timeout(timeout_s):
+            async for entry in watcher:
+                if entry is not None and entry.value and predicate(status := json.loads(entry.value)):
+                    await watcher.stop()
+                    return status
+        raise AssertionError("watch ended")
+    finally:
+        await nc.close()
+
+
+@pytest.mark.system_env(TM_QUEUE_TIMEOUT_S="1")
+async def test_a_task_nobody_takes_times_out_and_leaves_its_queue(own_system: System, s3_bucket: str) -> None:
+    await own_system.start("api")  # no fetcher running
+    async with httpx.AsyncClient(base_url=own_system.api_url) as api:
+        response = await api.post(
+            "/api/v1/tasks", json={"task_name": TASK, "args": ["https://example.com/a.png", f"s3://{s3_bucket}/a.png"]}
+        )
+        task_id = response.json()["task_id"]
+        final = (await wait_terminal(own_system.nats_url, [task_id], timeout_s=20))[task_id]
+        assert final["state"] == "TIMEOUT"
+        assert final["error"] == "waited more than 1 s in the fetch queue"
+        assert (await api.get(f"/api/v1/tasks/{task_id}")).json()["state"] == "TIMEOUT"
+    assert await queued_messages(own_system.nats_url) == 0
+
+
+@pytest.mark.system_env(TM_QUEUE_TIMEOUT_S="2")
+async def test_each_stage_wait_counts_a_missing_upscaler_times_tasks_out(
+    own_system: System, http_server: StaticHTTPServer, s3_bucket: str
+) -> None:
+    source = http_server.add("timeout-later.png", photo(size=(16, 16)))
+    await own_system.start("api", "fetcher", "classifier")  # nobody upscales
+    async with httpx.AsyncClient(base_url=own_system.api_url) as api:
+        ids = await submit_many(api, source, s3_bucket, priority=5, count=3)
+    finals = await wait_terminal(own_system.nats_url, ids, timeout_s=30)
+    assert {f["state"] for f in finals.values()} == {"TIMEOUT"}
+    assert {f["error"] for f in finals.values()} == {"waited more than 2 s in the upscale queue"}
+    assert all(f["subtasks"][1]["state"] == "SUCCESS" for f in finals.values())  # classify ran
+    assert await queued_messages(own_system.nats_url) == 0
+
+
+async def test_revoke_a_queued_task(own_system: System, s3_bucket: str) -> None:
+    await own_system.start("api")
+    async with httpx.AsyncClient(base_url=own_system.api_url) as api:
+        response = await api.post(
+            "/api/v1/tasks", json={"task_name": TASK, "args": ["https://example.com/a.png", f"s3://{s3_bucket}/a.png"]}
+        )
+        task_id = response.json()["task_id"]
+        revoked = await api.post(f"/api/v1/tasks/{task_id}/revoke")
+        assert revoked.status_code == 200
+        assert revoked.json()["state"] == "REVOKED" and revoked.json()["completed_at"]
+        again = await api.post(f"/api/v1/tasks/{task_id}/revoke")
+        assert again.status_code == 409 and "REVOKED" in again.json()["detail"]
+        assert (await api.post("/api/v1/tasks/00000000-0000-0000-0000-000000000000/revoke")).status_code == 404
+    assert await queued_messages(own_system.nats_url) == 0
+    event = (await wait_terminal(own_system.nats_url, [task_id], timeout_s=10))[task_id]
+    assert event["state"] == "REVOKED"
+
+
+@pytest.mark.system_env(TM_TILE="32")
+async def test_revoke_stops_a_running_upscale_between_tiles(
+    own_system: System, http_server: StaticHTTPServer, s3_server: S3Server, s3_bucket: str
+) -> None:
+    source = http_server.add("revoke-big.png", photo("astronaut.png", (256, 256)))
+    await own_system.start("api", "fetcher", "classifier", "upscaler", "uploader")
+    async with httpx.AsyncClient(base_url=own_system.api_url) as api:
+        response = await api.post(
+            "/api/v1/tasks",
+            json={
+                "task_name": TASK,
+                "args": [source, f"s3://{s3_bucket}/revoked.png"],
+                "kwargs": {"model": "realesr-animevideov3"},
+            },
+        )
+        task_id = response.json()["task_id"]
+        # Revoke once the upscaler has reported progress inside the stage (tiles are running).
+        await wait_for_state(own_system.nats_url, task_id, lambda s: 0.2 < s["progress"] < 0.85)
+        assert (await api.post(f"/api/v1/tasks/{task_id}/revoke")).status_code == 200
+    final = (await wait_terminal(own_system.nats_url, [task_id], timeout_s=30))[task_id]
+    assert final["state"] == "REVOKED"
+    await wait_stage_done_or_dropped(own_system)
+    with pytest.raises(s3_server.client().exceptions.NoSuchKey):
+        s3_server.client().get_object(Bucket=s3_bucket, Key="revoked.png")
+    assert await queued_messages(own_system.nats_url) == 0
+
+
+async def wait_stage_done_or_dropped(system: System, timeout_s: float = 30) -> None:
+    """Until the upscaler has let go of the revoked task (its log says it dropped it)."""
+    log = system.log_dir / "upscaler.log"
+    async with asyncio.timeout(timeout_s):
+        while '"outcome": "dropped"' not in log.read_text():
+            await asyncio.sleep(0.1)  # a log line is the only signal the worker gives
+
+
+async def test_delete_of_a_running_task_revokes_it_first(
+    own_system: System, http_server: StaticHTTPServer, s3_bucket: str
+) -> None:
+    source = http_server.add("delete-running.png", photo(size=(16, 16)))
+    await own_system.start("api", "fetcher", "classifier")  # it will wait at the upscale stage
+    async with httpx.AsyncClient(base_url=own_system.api_url) as api:
+        [task_id] = await submit_many(api, source, s3_bucket, priority=3, count=1)
+        await wait_stage_done(own_system.nats_url, [task_id], "classify")
+        assert (await api.delete(f"/api/v1/tasks/{task_id}")).status_code == 200
+        assert (await api.get(f"/api/v1/tasks/{task_id}")).status_code == 404
+    event = (await wait_terminal(own_system.nats_url, [task_id], timeout_s=10))[task_id]
+    assert event["state"] == "REVOKED" and event["error"] == "deleted by client"
+    assert await queued_messages(own_system.nats_url) == 0
+
+
+async def test_idempotency_key_returns_the_same_task(own_system: System, s3_bucket: str) -> None:
+    await own_system.start("api")
+    body = {"task_name": TASK, "args": ["https://example.com/a.png", f"s3://{s3_bucket}/a.png"], "priority": 2}
+    async with httpx.AsyncClient(base_url=own_system.api_url) as api:
+        headers = {"Idempotency-Key": "order-1234"}
+        first, second = await asyncio.gather(
+            api.post("/api/v1/tasks", json=body, headers=headers),
+            api.post("/api/v1/tasks", json=body, headers=headers),
+        )
+        assert first.status_code == second.status_code == 202
+        assert first.json()["task_id"] == second.json()["task_id"]
+        other = await api.post("/api/v1/tasks", json={**body, "priority": 9}, headers=headers)
+        assert other.status_code == 409
+        fresh = await api.post("/api/v1/tasks", json=body, headers={"Idempotency-Key": "order-5678"})
+        assert fresh.json()["task_id"] != first.json()["task_id"]
+    assert await queued_messages(own_system.nats_url) == 2
