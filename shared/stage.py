@@ -34,7 +34,7 @@ from shared.errors import PermanentError, RetryableError
 from shared.messages import Stage, TaskMessage, next_stage, work_subject
 from shared.nats import Topology
 from shared.puller import PriorityPuller
-from shared.state import TaskFinishedError, TaskStatus
+from shared.state import StageAlreadyDoneError, TaskFinishedError, TaskStatus
 from shared.tasks import TaskGoneError, TaskStore
 
 log = structlog.get_logger()
@@ -164,7 +164,7 @@ class StageRunner:
         attempt = msg.metadata.num_delivered or 1
         try:
             status = await self.store.update(task.task_id, lambda s: s.start_stage(self.stage, self.worker_id))
-        except (TaskGoneError, TaskFinishedError) as exc:
+        except (TaskGoneError, TaskFinishedError, StageAlreadyDoneError) as exc:
             return await self._drop(msg, task, exc)
         job = Job(task=task, status=status, attempt=attempt, stage=self.stage, store=self.store)
         try:
@@ -187,12 +187,15 @@ class StageRunner:
         try:
             following = next_stage(self.stage)
             if following is not None and result is not None:
-                await self.store.update(task.task_id, lambda s: s.finish_stage(self.stage, result))
+                # Publish first, record second: a crash in between redelivers this message, which
+                # runs the stage again and publishes a duplicate the stream drops (same message id).
+                # Once the stage is recorded as done, a redelivery is dropped without running.
                 await self.topology.js.publish(
                     work_subject(task.priority, following, task.task_id),
                     result.pack(),
-                    headers={"Nats-Msg-Id": f"{task.task_id}.{following.value}"},
+                    headers={"Nats-Msg-Id": f"{task.task_id}.{following.value}.run{job.status.run}"},
                 )
+                await self.store.update(task.task_id, lambda s: s.finish_stage(self.stage, result))
         except (TaskGoneError, TaskFinishedError) as exc:
             return await self._drop(msg, task, exc)
         await msg.ack()
@@ -226,6 +229,7 @@ class StageRunner:
                 work.cancel()
 
     async def _drop(self, msg: Msg, task: TaskMessage, reason: Exception) -> str:
+        """Ack without working: the task was deleted or ended, or this stage already ran."""
         if isinstance(reason, TaskGoneError):
             await discard_task_blobs(self.topology.blobs, task.task_id)
         await msg.ack()

@@ -72,6 +72,10 @@ class TaskFinishedError(Exception):
         self.state = state
 
 
+class StageAlreadyDoneError(Exception):
+    """A redelivered message for a stage that already succeeded: its effects already happened."""
+
+
 class Subtask(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -133,6 +137,8 @@ class TaskStatus(BaseModel):
         """A worker took the task's message for `stage` (again, on a redelivery)."""
         self._require_open()
         entry = self.subtask(stage)
+        if entry.state == TaskState.SUCCESS:
+            raise StageAlreadyDoneError(f"{stage.value} already succeeded")
         entry.state = TaskState.STARTED
         entry.worker_id = worker_id
         entry.started_at = utc_now()

@@ -10,7 +10,13 @@ from shared.logging import configure_logging
 def main() -> None:
     settings = Settings()
     configure_logging("api")
-    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level="warning")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level="warning",
+        timeout_graceful_shutdown=settings.shutdown_grace_s,  # SIGTERM: finish in-flight requests
+    )
 
 
 if __name__ == "__main__":

@@ -220,3 +220,25 @@ async def test_edge_priorities_flow(topology: Topology, settings: Settings, prio
 
     await run_until(topology, settings, handle, lambda r: r.counters.succeeded == 1)
     assert await queued(topology, priority) == {f"tm.work.p{priority}.classify.p{priority}": 1}
+
+
+async def test_a_redelivered_message_of_a_finished_stage_does_not_run_again(
+    topology: Topology, settings: Settings
+) -> None:
+    store = await queue_task(topology, "twice")
+    runs = 0
+
+    async def handle(job: Job) -> TaskMessage:
+        nonlocal runs
+        runs += 1
+        return job.task
+
+    await run_until(topology, settings, handle, lambda r: r.counters.succeeded == 1)
+    # The same message again, as if the worker had died after recording but before its ack.
+    message = TaskMessage(task_id="twice", input_url="i", output_url="o", submitted_at="t")
+    await topology.js.publish(work_subject(5, Stage.FETCH, "twice"), message.pack())
+    runner = await run_until(topology, settings, handle, lambda r: r.counters.dropped == 1)
+    assert runs == 1 and runner.counters.succeeded == 0
+    assert await queued(topology) == {"tm.work.p5.classify.twice": 1}
+    status = await store.get("twice")
+    assert status is not None and status.subtask(Stage.FETCH).attempts == 1

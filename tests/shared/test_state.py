@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shared.messages import Category, Classification, Stage, TaskMessage
-from shared.state import TaskFinishedError, TaskState, TaskStatus, stage_progress
+from shared.state import StageAlreadyDoneError, TaskFinishedError, TaskState, TaskStatus, stage_progress
 
 
 def new_status() -> TaskStatus:
@@ -41,8 +41,11 @@ def test_progress_never_goes_backwards() -> None:
     status.start_stage(Stage.UPSCALE, "w")
     status.report_progress(Stage.UPSCALE, 0.5)
     high = status.progress
-    status.start_stage(Stage.FETCH, "w")  # a redelivered earlier stage
+    status.retry_stage(Stage.UPSCALE, "boom")
+    status.start_stage(Stage.UPSCALE, "w")  # a retried stage starts again at its beginning
     assert status.progress == high
+    with pytest.raises(StageAlreadyDoneError):
+        status.start_stage(Stage.FETCH, "w")  # a redelivered stage that already succeeded
     assert stage_progress(Stage.UPLOAD, 1.0) == 1.0
 
 

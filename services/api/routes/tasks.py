@@ -110,7 +110,7 @@ async def submit_task(
         await ctx.topology.js.publish(
             work_subject(body.priority, PIPELINE[0], task_id),
             message.pack(),
-            headers={"Nats-Msg-Id": f"{task_id}.{PIPELINE[0].value}"},
+            headers={"Nats-Msg-Id": f"{task_id}.{PIPELINE[0].value}.run1"},
         )
     except Exception as exc:  # NATS unreachable or JetStream unavailable: nothing was accepted
         if updates is not None:
