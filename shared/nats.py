@@ -137,6 +137,12 @@ def work_stream_config(priority: int, settings: Settings) -> StreamConfig:
     )
 
 
+def max_deliveries(settings: Settings) -> int:
+    """JetStream's delivery bound. Retries are counted by the stage (nak with backoff); this only
+    stops a message that keeps crashing workers from cycling forever."""
+    return settings.max_retries + 3
+
+
 def stage_consumer_config(stage: Stage, priority: int, settings: Settings) -> ConsumerConfig:
     return ConsumerConfig(
         durable_name=consumer_name(stage),
@@ -144,9 +150,7 @@ def stage_consumer_config(stage: Stage, priority: int, settings: Settings) -> Co
         filter_subject=work_filter(priority, stage),
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=settings.ack_wait_s,
-        # Retries are counted by the stage (nak with backoff); this bound only stops a poison
-        # message that keeps crashing workers from cycling forever.
-        max_deliver=settings.max_retries + 3,
+        max_deliver=max_deliveries(settings),
         max_ack_pending=-1,
         num_replicas=settings.replicas,
     )

@@ -15,7 +15,7 @@ def main() -> None:
         host=settings.api_host,
         port=settings.api_port,
         log_level="warning",
-        timeout_graceful_shutdown=settings.shutdown_grace_s,  # SIGTERM: finish in-flight requests
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s),  # SIGTERM: finish in-flight requests
     )
 
 

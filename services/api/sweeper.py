@@ -30,7 +30,7 @@ from shared.deadletters import dead_letter
 from shared.lease import Lease
 from shared.lifecycle import end_task
 from shared.messages import PRIORITIES, Stage, TaskMessage, work_stream
-from shared.nats import Topology
+from shared.nats import Topology, max_deliveries
 from shared.state import TaskFinishedError, TaskState, TaskStatus, parse_time
 from shared.tasks import TaskGoneError, TaskStore
 
@@ -101,6 +101,11 @@ class Sweeper:
             # Left behind by a deleted or finished task (e.g. its purge was interrupted): remove it.
             await self.topology.js.delete_msg(work_stream(int(subject.split(".")[2][1:])), raw.seq or 0)
             return
+        if self._abandoned(status, Stage(stage_name)):
+            # Its last delivery started and never finished, and JetStream will not deliver it again;
+            # the max-deliveries advisory was missed (e.g. while the lease changed hands).
+            await self.dead_letter_undeliverable(raw, status.subtask(Stage(stage_name)).attempts)
+            return
         waiting = status.waiting()
         if waiting is None or waiting.name != Stage(stage_name) or not self._overdue(waiting.queued_at):
             return
@@ -118,6 +123,13 @@ class Sweeper:
         if ended is not None:
             self.timed_out += 1
             log.info("task_timed_out", task_id=task_id, stage=stage_name)
+
+    def _abandoned(self, status: TaskStatus, stage: Stage) -> bool:
+        entry = status.subtask(stage)
+        if entry.state != TaskState.STARTED or entry.attempts < max_deliveries(self.settings) or not entry.started_at:
+            return False
+        silent_s = (datetime.now(UTC) - parse_time(entry.started_at)).total_seconds()
+        return silent_s > 2 * self.settings.ack_wait_s + self.settings.stall_timeout_s
 
     def _overdue(self, queued_at: str | None) -> bool:
         if queued_at is None:

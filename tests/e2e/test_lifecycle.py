@@ -157,3 +157,39 @@ async def test_idempotency_key_returns_the_same_task(own_system: System, s3_buck
         fresh = await api.post("/api/v1/tasks", json=body, headers={"Idempotency-Key": "order-5678"})
         assert fresh.json()["task_id"] != first.json()["task_id"]
     assert await queued_messages(own_system.nats_url) == 2
+
+
+@pytest.mark.system_env(TM_ACK_WAIT_S="1", TM_MAX_RETRIES="0")
+async def test_a_message_that_kills_every_worker_is_dead_lettered(own_system: System, s3_bucket: str) -> None:
+    """A worker that takes the message and dies (never acks) each time: after the last delivery
+    JetStream gives up, and the sweeper fails the task and keeps the message as a dead letter."""
+    from shared.deadletters import list_dead
+    from shared.messages import Stage
+    from shared.puller import PriorityPuller
+
+    await own_system.start("api")
+    async with httpx.AsyncClient(base_url=own_system.api_url) as api:
+        response = await api.post(
+            "/api/v1/tasks", json={"task_name": TASK, "args": ["https://example.com/a.png", f"s3://{s3_bucket}/a.png"]}
+        )
+        task_id = response.json()["task_id"]
+    nc = await nats.connect(own_system.nats_url)
+    try:
+        puller = PriorityPuller(nc, Stage.FETCH, rescan_s=0.2)
+        await puller.start()
+        for delivery in (1, 2, 3):  # max deliveries = TM_MAX_RETRIES + 3
+            msg = await asyncio.wait_for(puller.next(), timeout=10)
+            assert msg is not None and msg.metadata.num_delivered == delivery  # taken, then "crash"
+        # Workers keep asking for work; JetStream decides on a 4th delivery only when asked.
+        asking = asyncio.create_task(puller.next())
+        final = (await wait_terminal(own_system.nats_url, [task_id], timeout_s=20))[task_id]
+        assert not asking.done()  # no 4th delivery
+        await puller.close()
+        assert await asyncio.wait_for(asking, timeout=5) is None
+        assert final["state"] == "FAILURE"
+        assert final["error"] == "fetch: delivered 3 times without completing (workers crashed or hung)"
+        [dead] = [d for d in await list_dead(nc.jetstream()) if d.task_id == task_id]
+        assert dead.attempts == 3 and dead.origin_subject == f"tm.work.p5.fetch.{task_id}"
+    finally:
+        await nc.close()
+    assert await queued_messages(own_system.nats_url) == 0
