@@ -8,16 +8,29 @@ terminal state also publishes the task's event, so subscribers see exactly one p
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
+from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError, StaleConnectionError
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
 from shared.messages import event_subject
 from shared.state import TaskStatus
 
 MAX_CAS_ATTEMPTS = 50
+UNKNOWN_OUTCOME_PAUSE_S = 0.2
+# Errors after which a write may or may not have been applied (the answer, not the request, was lost).
+UNKNOWN_OUTCOME = (
+    TimeoutError,
+    ConnectionClosedError,
+    NoRespondersError,
+    StaleConnectionError,
+    OutboundBufferLimitError,
+    ServiceUnavailableError,
+)
+EVENT_PUBLISH_ATTEMPTS = 8  # about 20 s of retries
 
 
 class TaskGoneError(Exception):
@@ -63,22 +76,46 @@ class TaskStore:
             status, revision = found
             was_terminal = status.state.terminal
             transition(status)
-            try:
-                await self._kv.update(task_id, status.to_json(), last=revision)
-            except KeyWrongLastSequenceError:
+            payload = status.to_json()
+            if not await self._write(task_id, payload, revision):
                 continue
             if status.state.terminal and not was_terminal:
                 await self.publish_event(status)
             return status
         raise RuntimeError(f"task {task_id}: state update kept conflicting")
 
+    async def _write(self, task_id: str, payload: bytes, revision: int) -> bool:
+        """Compare-and-set; False on a conflict. When the answer is lost (a stream leader died after
+        applying the write, a reconnect), read back whether our exact value landed."""
+        try:
+            await self._kv.update(task_id, payload, last=revision)
+            return True
+        except KeyWrongLastSequenceError:
+            return False
+        except UNKNOWN_OUTCOME:
+            await asyncio.sleep(UNKNOWN_OUTCOME_PAUSE_S)
+            try:
+                entry = await self._kv.get(task_id)
+            except KeyNotFoundError as exc:
+                raise TaskGoneError(task_id) from exc
+            return entry.value == payload
+
     async def publish_event(self, status: TaskStatus) -> None:
-        # The message id makes a republish after a crash a duplicate the stream drops.
-        await self._js.publish(
-            event_subject(status.task_name, status.state.value),
-            status.to_json(),
-            headers={"Nats-Msg-Id": f"{status.task_id}.{status.run}.{status.state.value}"},
-        )
+        """Publish the terminal event, retrying through a broker hiccup: the state is already
+        written, so giving up here would leave subscribers without it. The message id makes every
+        retry (and a republish after a crash) a duplicate the stream drops."""
+        for attempt in range(EVENT_PUBLISH_ATTEMPTS):
+            try:
+                await self._js.publish(
+                    event_subject(status.task_name, status.state.value),
+                    status.to_json(),
+                    headers={"Nats-Msg-Id": f"{status.task_id}.{status.run}.{status.state.value}"},
+                )
+                return
+            except UNKNOWN_OUTCOME:
+                if attempt == EVENT_PUBLISH_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
 
     async def delete(self, task_id: str) -> None:
         await self._kv.purge(task_id)
