@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from nats.js.errors import NotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
 from shared.errors import RetryableError
 from shared.messages import input_object, output_object
 
+BLOB_READ_TIMEOUT_S = 30.0
+
 
 async def read_blob(blobs: ObjectStore, name: str) -> bytes:
     try:
-        result = await blobs.get(name)
+        async with asyncio.timeout(BLOB_READ_TIMEOUT_S):  # nats.py waits for chunks without a deadline
+            result = await blobs.get(name)
     except (ObjectNotFoundError, NotFoundError) as exc:
         # The previous stage stored it before publishing; a missing blob means it was cleaned up
         # concurrently (DELETE) or lost with a store: retrying lets the state checks decide.
         raise RetryableError(f"intermediate object {name} is missing") from exc
+    except TimeoutError as exc:
+        raise RetryableError(f"reading intermediate object {name} timed out") from exc
     return result.data or b""
 
 

@@ -6,7 +6,10 @@ start first. See docs/architecture.md for the map of streams, subjects, consumer
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import nats
 import structlog
@@ -23,7 +26,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
@@ -79,6 +82,10 @@ class Topology:
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    await _retrying(lambda: _declare_stream(js, config))
+
+
+async def _declare_stream(js: JetStreamContext, config: StreamConfig) -> None:
     assert config.name is not None
     try:
         await js.stream_info(config.name)
@@ -91,9 +98,31 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     await js.update_stream(config)
 
 
+T = TypeVar("T")
+DECLARE_ATTEMPTS = 6
+
+
+async def _retrying(step: Callable[[], Awaitable[T]]) -> T:
+    """Declarations are idempotent; one left unanswered (services racing to create replicated
+    streams on a fresh cluster) is sent again."""
+    for attempt in range(DECLARE_ATTEMPTS):
+        try:
+            return await step()
+        except (nats.errors.TimeoutError, NoStreamResponseError, ServiceUnavailableError):
+            if attempt == DECLARE_ATTEMPTS - 1:
+                raise
+            log.warning("declare_retry", attempt=attempt + 1)
+            await asyncio.sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
 async def _ensure_kv(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
     """Create the bucket, or use it as it is when another service created it with other settings
     (e.g. a different heartbeat TTL): the first declaration wins, no service fails to start."""
+    return await _retrying(lambda: _declare_kv(js, config))
+
+
+async def _declare_kv(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
     try:
         return await js.create_key_value(config)
     except BadRequestError:
@@ -102,10 +131,23 @@ async def _ensure_kv(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
 
 
 async def _ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
+    await _retrying(lambda: _declare_consumer(js, stream, config))
+
+
+async def _declare_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
     try:
         await js.add_consumer(stream, config)
     except BadRequestError as exc:  # exists with another config (e.g. a different ack wait): keep it
         log.warning("consumer_config_differs", stream=stream, consumer=config.durable_name, error=str(exc))
+
+
+async def _declare_object_store(js: JetStreamContext, settings: Settings) -> ObjectStore:
+    try:
+        return await js.create_object_store(
+            BLOBS_BUCKET, ObjectStoreConfig(replicas=settings.replicas, storage=StorageType.FILE)
+        )
+    except BadRequestError:
+        return await js.object_store(BLOBS_BUCKET)
 
 
 async def bind(nc: NATS) -> Topology:
@@ -199,7 +241,9 @@ async def declare(nc: NATS, settings: Settings) -> Topology:
             history=1,
             ttl=settings.heartbeat_s * 3,
             replicas=settings.replicas,
-            storage=StorageType.MEMORY,
+            # File, not memory: a restarted standalone server forgets memory streams, and no
+            # service would declare the bucket again (heartbeats, hence the dashboard, would stop).
+            storage=StorageType.FILE,
         ),
     )
     leases = await _ensure_kv(
@@ -211,10 +255,5 @@ async def declare(nc: NATS, settings: Settings) -> Topology:
             bucket=IDEMPOTENCY_BUCKET, history=1, ttl=settings.idempotency_ttl_s, replicas=settings.replicas
         ),
     )
-    try:
-        blobs = await js.create_object_store(
-            BLOBS_BUCKET, ObjectStoreConfig(replicas=settings.replicas, storage=StorageType.FILE)
-        )
-    except BadRequestError:
-        blobs = await js.object_store(BLOBS_BUCKET)
+    blobs = await _retrying(lambda: _declare_object_store(js, settings))
     return Topology(nc=nc, js=js, tasks=tasks, workers=workers, leases=leases, idempotency=idempotency, blobs=blobs)

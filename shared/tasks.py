@@ -9,11 +9,17 @@ terminal state also publishes the task's event, so subscribers see exactly one p
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError, StaleConnectionError
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, ServiceUnavailableError
+from nats.js.errors import (
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NoStreamResponseError,
+    ServiceUnavailableError,
+)
 from nats.js.kv import KeyValue
 
 from shared.messages import event_subject
@@ -26,11 +32,13 @@ UNKNOWN_OUTCOME = (
     TimeoutError,
     ConnectionClosedError,
     NoRespondersError,
+    NoStreamResponseError,  # a publish (KV write) while the stream has no leader
     StaleConnectionError,
     OutboundBufferLimitError,
     ServiceUnavailableError,
 )
 EVENT_PUBLISH_ATTEMPTS = 8  # about 20 s of retries
+READ_RETRY_S = 20.0  # longer than an R3 leader election or a quick server restart
 
 
 class TaskGoneError(Exception):
@@ -67,26 +75,50 @@ class TaskStore:
         """Apply `transition` (which mutates the status it gets) with compare-and-set; return the result.
 
         Raises TaskGoneError if the task was deleted, and whatever `transition` raises
-        (TaskFinishedError when the task is already terminal).
+        (TaskFinishedError when the task is already terminal). Rides out broker hiccups: giving up
+        half-way (e.g. after the uploader wrote the output) would only cause a redelivery that
+        repeats the work.
         """
+        sent: dict[bytes, TaskStatus] = {}  # what this call wrote without hearing back
         for _ in range(MAX_CAS_ATTEMPTS):
-            found = await self.get_with_revision(task_id)
+            found = await self._read(task_id)
             if found is None:
                 raise TaskGoneError(task_id)
             status, revision = found
+            ours = sent.get(status.to_json())
+            if ours is not None:  # a write whose answer we lost did land: it is this one
+                return await self._written(ours, was_terminal=False)
             was_terminal = status.state.terminal
             transition(status)
             payload = status.to_json()
-            if not await self._write(task_id, payload, revision):
+            written = await self._write(task_id, payload, revision)
+            if written is None:
+                sent[payload] = status
                 continue
-            if status.state.terminal and not was_terminal:
-                await self.publish_event(status)
-            return status
+            if written:
+                return await self._written(status, was_terminal)
         raise RuntimeError(f"task {task_id}: state update kept conflicting")
 
-    async def _write(self, task_id: str, payload: bytes, revision: int) -> bool:
-        """Compare-and-set; False on a conflict. When the answer is lost (a stream leader died after
-        applying the write, a reconnect), read back whether our exact value landed."""
+    async def _written(self, status: TaskStatus, was_terminal: bool) -> TaskStatus:
+        if status.state.terminal and not was_terminal:
+            await self.publish_event(status)
+        return status
+
+    async def _read(self, task_id: str) -> tuple[TaskStatus, int] | None:
+        """get_with_revision, retried through a leader election or a quick server restart."""
+        deadline, pause = time.monotonic() + READ_RETRY_S, UNKNOWN_OUTCOME_PAUSE_S
+        while True:
+            try:
+                return await self.get_with_revision(task_id)
+            except UNKNOWN_OUTCOME:
+                if time.monotonic() + pause > deadline:
+                    raise
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
+
+    async def _write(self, task_id: str, payload: bytes, revision: int) -> bool | None:
+        """Compare-and-set: True written, False conflict, None unknown (the answer was lost: a stream
+        leader died after applying it, a reconnect). The caller re-reads and recognises its value."""
         try:
             await self._kv.update(task_id, payload, last=revision)
             return True
@@ -94,11 +126,7 @@ class TaskStore:
             return False
         except UNKNOWN_OUTCOME:
             await asyncio.sleep(UNKNOWN_OUTCOME_PAUSE_S)
-            try:
-                entry = await self._kv.get(task_id)
-            except KeyNotFoundError as exc:
-                raise TaskGoneError(task_id) from exc
-            return entry.value == payload
+            return None
 
     async def publish_event(self, status: TaskStatus) -> None:
         """Publish the terminal event, retrying through a broker hiccup: the state is already

@@ -22,7 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -405,7 +405,7 @@ class _Handler(BaseHTTPRequestHandler):
             case ["nolength", name]:
                 self._final(name, body, with_length=False)
             case ["put", name] if self.command == "PUT":
-                owner.puts[name] = body
+                owner.store_put(name, body)
                 self._reply(200, b"")
             case ["put", name]:
                 stored = owner.puts.get(name)
@@ -417,7 +417,7 @@ class _Handler(BaseHTTPRequestHandler):
         """A PUT that got through is stored under `name`; a GET serves the file `name` from the root."""
         owner = self.server.owner
         if self.command == "PUT":
-            owner.puts[name] = body
+            owner.store_put(name, body)
             return self._reply(200, b"")
         file = (owner.root / name).resolve()
         if not file.is_relative_to(owner.root.resolve()) or not file.is_file():
@@ -449,12 +449,20 @@ class StaticHTTPServer:
         self.requests: list[RecordedRequest] = []
         self.puts: dict[str, bytes] = {}
         self.hits: Counter[str] = Counter()
+        # Called with the name of every PUT once it is stored, before the client gets its answer
+        # (fault tests use it to act at exactly that moment).
+        self.on_put: Callable[[str], None] | None = None
         self.lock = threading.Lock()
         self._httpd = _OwnedHTTPServer(("127.0.0.1", 0), _Handler)
         self._httpd.owner = self
         self.port: int = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
         self._thread.start()
+
+    def store_put(self, name: str, body: bytes) -> None:
+        self.puts[name] = body
+        if self.on_put is not None:
+            self.on_put(name)
 
     def url(self, path: str) -> str:
         """The absolute URL of `path` on this server."""

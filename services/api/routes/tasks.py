@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import os
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import structlog
 from fastapi import APIRouter, Header, HTTPException, status
 from fastapi.responses import JSONResponse
 from nats.aio.subscription import Subscription
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from services.api import idempotency
 from services.api.deps import ContextDep
@@ -22,6 +24,7 @@ from shared.state import TaskStatus
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
 log = structlog.get_logger()
+FAILOVER_WAIT_S = 10.0
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Invalid task name or arguments"},
@@ -33,6 +36,20 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 def _s3_endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+async def _through_failover(step: Callable[[], Awaitable[object]]) -> None:
+    """Retry a write the stream certainly did not store (no leader during an election, ~5-8 s on
+    a 3-node cluster), so clients do not see a failover; anything else propagates (503)."""
+    deadline = asyncio.get_running_loop().time() + FAILOVER_WAIT_S
+    while True:
+        try:
+            await step()
+            return
+        except (NoStreamResponseError, ServiceUnavailableError):
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.25)
 
 
 async def _wait_until_finished(
@@ -106,11 +123,13 @@ async def submit_task(
     )
     updates = await ctx.topology.nc.subscribe(f"$KV.{TASKS_BUCKET}.{task_id}") if body.sync else None
     try:
-        await ctx.store.create(record)
-        await ctx.topology.js.publish(
-            work_subject(body.priority, PIPELINE[0], task_id),
-            message.pack(),
-            headers={"Nats-Msg-Id": f"{task_id}.{PIPELINE[0].value}.run1"},
+        await _through_failover(lambda: ctx.store.create(record))
+        await _through_failover(
+            lambda: ctx.topology.js.publish(
+                work_subject(body.priority, PIPELINE[0], task_id),
+                message.pack(),
+                headers={"Nats-Msg-Id": f"{task_id}.{PIPELINE[0].value}.run1"},
+            )
         )
     except Exception as exc:  # NATS unreachable or JetStream unavailable: nothing was accepted
         if updates is not None:
