@@ -126,6 +126,7 @@ class UpscaleOptions(BaseModel):
     pre_pad: int = 0
     denoise_strength: float | None = None  # realesr-general-x4v3 only
     output_format: str | None = None  # png | jpeg | webp; None: from the output URL's extension
+    alpha_mode: str = "premultiplied"  # premultiplied | network | resize: how alpha goes through the upscaler
 
 
 class TaskMessage(BaseModel):

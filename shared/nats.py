@@ -179,6 +179,20 @@ def work_stream_config(priority: int, settings: Settings) -> StreamConfig:
     )
 
 
+def log_stream_config(name: str, subjects: str, description: str, max_age_s: float, settings: Settings) -> StreamConfig:
+    """A stream kept for reading back (events, dead letters): limits retention by age."""
+    return StreamConfig(
+        name=name,
+        description=description,
+        subjects=[subjects],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=settings.replicas,
+        max_age=max_age_s,
+        duplicate_window=DUPLICATE_WINDOW_S,
+    )
+
+
 def max_deliveries(settings: Settings) -> int:
     """JetStream's delivery bound. Retries are counted by the stage (nak with backoff); this only
     stops a message that keeps crashing workers from cycling forever."""
@@ -205,32 +219,13 @@ async def declare(nc: NATS, settings: Settings) -> Topology:
         await _ensure_stream(js, work_stream_config(priority, settings))
         for stage in PIPELINE:
             await _ensure_consumer(js, work_stream(priority), stage_consumer_config(stage, priority, settings))
-    await _ensure_stream(
-        js,
-        StreamConfig(
-            name=EVENTS_STREAM,
-            description="Task state events, replayable by late subscribers",
-            subjects=[EVENTS_SUBJECTS],
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            num_replicas=settings.replicas,
-            max_age=settings.events_max_age_s,
-            duplicate_window=DUPLICATE_WINDOW_S,
-        ),
+    events = ("Task state events, replayable by late subscribers", settings.events_max_age_s)
+    await _ensure_stream(js, log_stream_config(EVENTS_STREAM, EVENTS_SUBJECTS, *events, settings))
+    dead = (
+        "Dead letters: messages that failed for good, with their headers and error",
+        settings.dead_letters_max_age_s,
     )
-    await _ensure_stream(
-        js,
-        StreamConfig(
-            name=DEAD_STREAM,
-            description="Dead letters: messages that failed for good, with their headers and error",
-            subjects=[DEAD_SUBJECTS],
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            num_replicas=settings.replicas,
-            max_age=settings.dead_letters_max_age_s,
-            duplicate_window=DUPLICATE_WINDOW_S,
-        ),
-    )
+    await _ensure_stream(js, log_stream_config(DEAD_STREAM, DEAD_SUBJECTS, *dead, settings))
     tasks = await _ensure_kv(
         js, KeyValueConfig(bucket=TASKS_BUCKET, history=1, replicas=settings.replicas, storage=StorageType.FILE)
     )

@@ -67,8 +67,19 @@ def nats_server_of_its_own(tmp_path: Path):
     server.stop()
 
 
-def make_system(server: NatsServer, s3: S3Server, model_dir: Path, tmp_path: Path, **env: str) -> System:
-    return System(server.url, tmp_path / "logs", system_env(s3, model_dir, **{**FAULT_ENV, **env}))
+@pytest.fixture
+def make_system(nats_server_of_its_own: NatsServer, s3_server: S3Server, model_dir: Path, tmp_path: Path):
+    """make_system(**env) -> a System on the test's own NATS, stopped at teardown."""
+    made: list[System] = []
+
+    def make(**env: str) -> System:
+        made.append(System(nats_server_of_its_own.url, tmp_path / "logs", system_env(
+            s3_server, model_dir, **{**FAULT_ENV, **env})))  # fmt: skip
+        return made[-1]
+
+    yield make
+    for system in made:
+        system.stop()
 
 
 def check(outcome: Outcome) -> None:
@@ -77,123 +88,89 @@ def check(outcome: Outcome) -> None:
     assert_one_terminal_event_each(outcome)
 
 
-async def test_stage_workers_killed_mid_stage(
-    nats_server_of_its_own: NatsServer, s3_server: S3Server, model_dir: Path, http_server: StaticHTTPServer,
-    tmp_path: Path,
-) -> None:  # fmt: skip
+async def test_stage_workers_killed_mid_stage(make_system, http_server: StaticHTTPServer) -> None:
     """SIGKILL the fetcher, then the classifier, then the uploader while they hold messages; a fresh
     process replaces each. Their messages come back after the ack wait and finish exactly once."""
-    system = make_system(nats_server_of_its_own, s3_server, model_dir, tmp_path)
-    try:
-        await system.start("api", *STAGE_SERVICES)
-        run = Run("C stage workers SIGKILLed", system, [system.nats_url], http_server)
+    system = make_system()
+    await system.start("api", *STAGE_SERVICES)
+    run = Run("C stage workers SIGKILLed", system, [system.nats_url], http_server)
 
-        async def fault() -> None:
-            for quarter, service in enumerate(("fetcher", "classifier", "uploader"), start=1):
-                await run.accepted(quarter * TASKS // 4)
-                await stage_started(
-                    system.nats_url, {"fetcher": "fetch", "classifier": "classify"}.get(service, "upload")
-                )
-                await asyncio.to_thread(kill, system, service)
+    async def fault() -> None:
+        for quarter, (service, stage) in enumerate(STAGE_OF.items(), start=1):
+            await run.accepted(quarter * TASKS // 4)
+            await stage_started(system.nats_url, stage)
+            await asyncio.to_thread(kill, system, service)
 
-        check(await run_scenario(run, fault, restarts=True))
-    finally:
-        system.stop()
+    check(await run_scenario(run, fault, restarts=True))
 
 
-async def test_upscaler_killed_mid_inference(
-    nats_server_of_its_own: NatsServer, s3_server: S3Server, model_dir: Path, http_server: StaticHTTPServer,
-    tmp_path: Path,
-) -> None:  # fmt: skip
+async def test_upscaler_killed_mid_inference(make_system, http_server: StaticHTTPServer) -> None:
     """SIGKILL the upscaler twice while it runs the real network on a tile, restarting it each time."""
-    system = make_system(nats_server_of_its_own, s3_server, model_dir, tmp_path, TM_TILE="32")
-    try:
-        await system.start("api", *STAGE_SERVICES)
-        run = Run("D upscaler SIGKILLed mid-inference", system, [system.nats_url], http_server)
-        run.kwargs = {"model": "realesr-animevideov3"}
+    system = make_system(TM_TILE="32")
+    await system.start("api", *STAGE_SERVICES)
+    run = Run("D upscaler SIGKILLed mid-inference", system, [system.nats_url], http_server)
+    run.kwargs = {"model": "realesr-animevideov3"}
 
-        async def fault() -> None:
-            for third in (1, 2):
-                await run.accepted(third * TASKS // 3)
-                await stage_started(system.nats_url, "upscale")
-                await asyncio.to_thread(kill, system, "upscaler")
+    async def fault() -> None:
+        for third in (1, 2):
+            await run.accepted(third * TASKS // 3)
+            await stage_started(system.nats_url, "upscale")
+            await asyncio.to_thread(kill, system, "upscaler")
 
-        check(await run_scenario(run, fault, size=(48, 40), restarts=True))
-    finally:
-        system.stop()
+    check(await run_scenario(run, fault, size=(48, 40), restarts=True))
 
 
-async def test_every_stage_stopped_gracefully_mid_run(
-    nats_server_of_its_own: NatsServer, s3_server: S3Server, model_dir: Path, http_server: StaticHTTPServer,
-    tmp_path: Path,
-) -> None:  # fmt: skip
+async def test_every_stage_stopped_gracefully_mid_run(make_system, http_server: StaticHTTPServer) -> None:
     """SIGTERM all four stages at once a third of the way through (each finishes or hands back what
     it holds, then exits 0), and start them again."""
-    system = make_system(nats_server_of_its_own, s3_server, model_dir, tmp_path, TM_SHUTDOWN_GRACE_S="2")
-    try:
-        await system.start("api", *STAGE_SERVICES)
-        run = Run("E every stage SIGTERMed and restarted", system, [system.nats_url], http_server)
-        exit_codes: list[int | None] = []
+    system = make_system(TM_SHUTDOWN_GRACE_S="2")
+    await system.start("api", *STAGE_SERVICES)
+    run = Run("E every stage SIGTERMed and restarted", system, [system.nats_url], http_server)
+    exit_codes: list[int | None] = []
 
-        async def fault() -> None:
-            await run.accepted(TASKS // 3)
-            stopping = [system.processes[s] for s in STAGE_SERVICES]
-            await asyncio.to_thread(system.stop, *STAGE_SERVICES)
-            exit_codes.extend(p.returncode for p in stopping)
-            await system.start(*STAGE_SERVICES)
+    async def fault() -> None:
+        await run.accepted(TASKS // 3)
+        stopping = [system.processes[s] for s in STAGE_SERVICES]
+        await asyncio.to_thread(system.stop, *STAGE_SERVICES)
+        exit_codes.extend(p.returncode for p in stopping)
+        await system.start(*STAGE_SERVICES)
 
-        check(await run_scenario(run, fault, restarts=True))
-        assert exit_codes == [0, 0, 0, 0]
-    finally:
-        system.stop()
+    check(await run_scenario(run, fault, restarts=True))
+    assert exit_codes == [0, 0, 0, 0]
 
 
-async def test_tasks_nobody_takes_time_out(
-    nats_server_of_its_own: NatsServer, s3_server: S3Server, model_dir: Path, http_server: StaticHTTPServer,
-    tmp_path: Path,
-) -> None:  # fmt: skip
+async def test_tasks_nobody_takes_time_out(make_system, http_server: StaticHTTPServer) -> None:
     """No fetcher runs: every task becomes TIMEOUT after TM_QUEUE_TIMEOUT_S and leaves its queue, so
     the stages started afterwards never run one."""
-    system = make_system(nats_server_of_its_own, s3_server, model_dir, tmp_path, TM_QUEUE_TIMEOUT_S="2")
-    try:
-        await system.start("api")
-        run = Run("F queue timeout", system, [system.nats_url], http_server)
+    system = make_system(TM_QUEUE_TIMEOUT_S="2")
+    await system.start("api")
+    run = Run("F queue timeout", system, [system.nats_url], http_server)
 
-        async def fault() -> None:
-            await run.accepted(TASKS)
-            run.expected.update(dict.fromkeys(run.task_ids, "TIMEOUT"))
+    async def fault() -> None:
+        await run.accepted(TASKS)
+        run.expected.update(dict.fromkeys(run.task_ids, "TIMEOUT"))
 
-        outcome = await run_scenario(run, fault)
-        await system.start(*STAGE_SERVICES)  # nothing is left for them: the queues are empty
-        check(outcome)
-    finally:
-        system.stop()
+    outcome = await run_scenario(run, fault)
+    await system.start(*STAGE_SERVICES)  # nothing is left for them: the queues are empty
+    check(outcome)
 
 
-async def test_revocations_mid_run(
-    nats_server_of_its_own: NatsServer, s3_server: S3Server, model_dir: Path, http_server: StaticHTTPServer,
-    tmp_path: Path,
-) -> None:  # fmt: skip
+async def test_revocations_mid_run(make_system, http_server: StaticHTTPServer) -> None:
     """With the uploader not yet running, revoke every other task wherever it is in the pipeline
     (queued, classifying, upscaling, waiting for upload); then start the uploader. Revoked tasks
     never write an output, the others all do, once."""
-    system = make_system(nats_server_of_its_own, s3_server, model_dir, tmp_path)
-    try:
-        await system.start("api", "fetcher", "classifier", "upscaler")
-        run = Run("G half revoked mid-run", system, [system.nats_url], http_server)
+    system = make_system()
+    await system.start("api", "fetcher", "classifier", "upscaler")
+    run = Run("G half revoked mid-run", system, [system.nats_url], http_server)
 
-        async def fault() -> None:
-            async with httpx.AsyncClient(base_url=system.api_url, timeout=30) as api:
-                revoked = 0
-                while revoked < TASKS // 2:
-                    await run.accepted(2 * revoked + 1)
-                    task_id = run.task_ids[2 * revoked]
-                    response = await api.post(f"/api/v1/tasks/{task_id}/revoke")
-                    assert response.status_code == 200, response.text
-                    run.expected[task_id] = "REVOKED"
-                    revoked += 1
-            await system.start("uploader")
+    async def fault() -> None:
+        async with httpx.AsyncClient(base_url=system.api_url, timeout=30) as api:
+            for revoked in range(TASKS // 2):
+                await run.accepted(2 * revoked + 1)
+                task_id = run.task_ids[2 * revoked]
+                response = await api.post(f"/api/v1/tasks/{task_id}/revoke")
+                assert response.status_code == 200, response.text
+                run.expected[task_id] = "REVOKED"
+        await system.start("uploader")
 
-        check(await run_scenario(run, fault, restarts=True))  # the uploader starts mid-run
-    finally:
-        system.stop()
+    check(await run_scenario(run, fault, restarts=True))  # the uploader starts mid-run
