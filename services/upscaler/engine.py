@@ -1,34 +1,58 @@
-"""The facade the upscaler worker calls: pick a model, run it over any Pillow image, or fall back to Lanczos.
+"""The facade the upscaler worker calls: pick a model, run it over a picture, or fall back to Lanczos.
 
 Routing: `options.model` when given (its weights must be installed), else `catalog.ROUTES[category]`; a routed
 model whose weights are missing degrades to a Lanczos resize, labelled as such in `model_used`.
+Pictures (`services.upscaler.picture`) keep 16-bit data and alpha; `upscale` also takes a Pillow image.
+The network runs through `inference.TileRunner` (tiles, batches, fp16 with fp32 fallback, OOM splitting);
+`outscale` then resizes with Lanczos, as RealESRGANer does (Pillow's Lanczos-3, where it uses OpenCV's
+Lanczos-4), to int(size * outscale) pixels.
 """
 
 from __future__ import annotations
 
+import functools
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
+from torch import nn
 
-from services.upscaler import catalog, tiling, weights
-from services.upscaler.options import validate_options
+from services.upscaler import catalog, memory, weights
+from services.upscaler.alpha import RESIZE
+from services.upscaler.inference import Job, Network, Stats, TileRunner
+from services.upscaler.options import DEFAULT_ALPHA_MODE, validate_options
+from services.upscaler.picture import Picture, from_pil
 from shared.errors import ConfigurationError, InputError
 from shared.messages import Category, UpscaleOptions
 
 FALLBACK_SCALE = 4.0
+_PREPARED_NETS = 8  # nets kept converted / compiled (the weights cache holds 4)
 
 
 @dataclass(frozen=True)
 class UpscaleResult:
     """What `Upscaler.upscale` made, and with which model on which device."""
 
-    image: Image.Image
+    picture: Picture
     model_used: str  # e.g. "realesr-animevideov3", or "lanczos (fallback: RealESRGAN_x4plus weights not installed)"
     fallback: bool
     device: str  # "cpu" | "cuda:0"
+
+    @property
+    def width(self) -> int:
+        return self.picture.width
+
+    @property
+    def height(self) -> int:
+        return self.picture.height
+
+    @functools.cached_property
+    def image(self) -> Image.Image:
+        """The picture as a Pillow image (8 bits a channel, but 16-bit grey stays "I;16")."""
+        return self.picture.to_pil()
 
 
 def _resolve_device(device: str) -> torch.device:
@@ -43,40 +67,64 @@ def _resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def _normalize(image: Image.Image) -> Image.Image:
-    """The image upright (EXIF orientation) in one of the modes the engine keeps: RGB, RGBA, L, LA."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode == "P":
-        return image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode not in ("RGB", "RGBA", "L", "LA"):
-        return image.convert("RGBA" if "A" in image.getbands() else "RGB")
-    return image
+def scaled_size(size: tuple[int, int], outscale: float) -> tuple[int, int]:
+    """int(width * outscale) x int(height * outscale) as RealESRGANer sizes it, never below 1 pixel."""
+    return max(1, int(size[0] * outscale)), max(1, int(size[1] * outscale))
 
 
 class Upscaler:
-    """Turns images into larger images; one per worker process, models stay loaded between calls."""
+    """Turns pictures into larger pictures; one per worker process, models stay loaded between calls.
 
-    def __init__(self, model_dir: Path, device: str = "auto", default_tile: int = 256, half: bool = True) -> None:
+    `default_tile`: tile size when a task names none (None: chosen from free memory and the model).
+    `batch`: tiles per forward (None: from free memory). `feather`: overlap blended at tile edges (None:
+    tile_pad // 2). `half`: fp16 on CUDA. `channels_last` (None: on CUDA). `compile`: torch.compile the nets.
+    """
+
+    def __init__(
+        self,
+        model_dir: Path,
+        device: str = "auto",
+        default_tile: int | None = 256,
+        half: bool = True,
+        *,
+        batch: int | None = None,
+        feather: int | None = None,
+        channels_last: bool | None = None,
+        compile: bool = False,
+    ) -> None:
         self.model_dir = Path(model_dir)
         self.default_tile = default_tile
+        self.batch = batch
+        self.feather = feather
         self._device = _resolve_device(device)
         self.device = str(self._device)
+        cuda = self._device.type == "cuda"
         # fp16 halves memory and roughly doubles throughput on GPUs; CPUs have no fast fp16 convs.
-        self._dtype = torch.float16 if half and self._device.type == "cuda" else torch.float32
+        self._dtype = torch.float16 if half and cuda else torch.float32
+        self.channels_last = cuda if channels_last is None else channels_last
+        self.compile = compile
+        self.stats = Stats()
+        self._runner = TileRunner(self._device, self.stats, channels_last=self.channels_last)
+        self._prepared_nets: OrderedDict[int, tuple[nn.Module, nn.Module]] = OrderedDict()
+        if cuda:
+            torch.backends.cudnn.benchmark = True  # tiles of one image share a shape; autotune it once
 
     def worker_type(self) -> str:
         """The worker pool this process serves: "gpu" when inference runs on CUDA, else "cpu"."""
         return "gpu" if self._device.type == "cuda" else "cpu"
 
     def describe(self) -> dict[str, object]:
-        """This upscaler's configuration, for the dashboard's GPU section."""
+        """This upscaler's configuration and counters, for the dashboard's GPU section."""
         info: dict[str, object] = {
             "device": self.device,
             "device_name": "CPU",
             "precision": "fp16" if self._dtype == torch.float16 else "fp32",
-            "tile": self.default_tile,
+            "tile": "auto" if self.default_tile is None else self.default_tile,
             "models_loaded": ", ".join(weights.loaded_names()) or "none",
             "models_installed": ", ".join(n for n in catalog.MODELS if weights.is_installed(n, self.model_dir)),
+            "tiles": self.stats.tiles,
+            "fp16_fallbacks": self.stats.fp16_fallbacks,
+            "oom_splits": self.stats.oom_splits,
         }
         if self._device.type == "cuda":
             free, total = torch.cuda.mem_get_info(self._device)
@@ -94,19 +142,29 @@ class Upscaler:
         options: UpscaleOptions,
         progress: Callable[[float], None] | None = None,
     ) -> UpscaleResult:
-        """Upscale `image` with the model for `category` (or `options.model`), keeping its mode.
+        """Upscale a Pillow image (see `upscale_picture`); 16-bit colour needs `codec.decode` and a Picture."""
+        try:
+            picture = from_pil(image)
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise InputError(f"cannot decode image: {exc}") from exc
+        return self.upscale_picture(picture, category, options, progress)
 
-        Raises InputError for bad options or an undecodable image, ConfigurationError when an explicitly
-        requested model is not installed. Exceptions raised by `progress` propagate (that is how to abort).
+    def upscale_picture(
+        self,
+        picture: Picture,
+        category: Category,
+        options: UpscaleOptions,
+        progress: Callable[[float], None] | None = None,
+    ) -> UpscaleResult:
+        """Upscale `picture` with the model for `category` (or `options.model`), keeping mode and bit depth.
+
+        Raises InputError for bad options, ConfigurationError when an explicitly requested model is not
+        installed. Exceptions raised by `progress` propagate (that is how to abort).
         """
         try:
             validate_options(options)
         except ValueError as exc:
             raise InputError(str(exc)) from exc
-        try:
-            image = _normalize(image)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot decode image: {exc}") from exc
 
         name = options.model or catalog.ROUTES[category]
         denoise = options.denoise_strength if name == catalog.DENOISE_MODEL else None
@@ -116,29 +174,58 @@ class Upscaler:
             weights.require(missing[0], self.model_dir)  # raises ConfigurationError with the install command
         if missing:
             outscale = options.outscale if options.outscale is not None else FALLBACK_SCALE
-            size = tiling.scaled_size(image.size, outscale)
-            resized = image.resize(size, Image.Resampling.LANCZOS)
+            resized = picture.resized(scaled_size(picture.size, outscale))
             if progress is not None:
                 progress(1.0)
             label = f"lanczos (fallback: {missing[0]} weights not installed)"
             return UpscaleResult(resized, label, fallback=True, device=self.device)
 
         model = weights.load_model(name, self.model_dir, self._device, self._dtype, denoise)
-        out = tiling.enhance(
+        fp32: Callable[[], nn.Module] | None = None
+        if self._dtype != torch.float32:
+
+            def fp32() -> nn.Module:
+                twin = weights.load_model(name, self.model_dir, self._device, torch.float32, denoise)
+                return self._prepared(twin.net)
+
+        network = Network(self._prepared(model.net), model.scale, self._dtype, fp32)
+        tile = self.default_tile if options.tile is None else options.tile
+        alpha_mode = options.alpha_mode or DEFAULT_ALPHA_MODE
+        sizing = memory.choose(
             model.net,
-            image.convert("RGB"),
-            model.scale,
-            outscale=options.outscale,
-            device=self._device,
-            dtype=self._dtype,
-            tile=self.default_tile if options.tile is None else options.tile,
+            self._device,
+            self._dtype,
+            (picture.height + options.pre_pad, picture.width + options.pre_pad),
+            tile=tile,
+            tile_pad=options.tile_pad,
+            batch=self.batch,
+            mod={2: 2, 1: 4}.get(model.scale, 1),
+            passes=2 if picture.has_alpha and alpha_mode != RESIZE else 1,
+        )
+        job = Job(
+            tile=sizing.tile,
             tile_pad=options.tile_pad,
             pre_pad=options.pre_pad,
-            progress=progress,
+            feather=options.tile_pad // 2 if self.feather is None else self.feather,
+            batch=sizing.batch,
+            alpha_mode=alpha_mode,
         )
-        if image.mode in ("L", "LA"):
-            out = out.convert("L")  # same luma weights as RealESRGANer's BGR2GRAY
-        if image.mode in ("RGBA", "LA"):
-            out.putalpha(image.getchannel("A").resize(out.size, Image.Resampling.LANCZOS))
+        out = picture.with_pixels(self._runner.run(picture.pixels, network, job, progress))
+        if options.outscale is not None and options.outscale != model.scale:
+            out = out.resized(scaled_size(picture.size, options.outscale))
         label = name if denoise is None else f"{name} (denoise_strength {denoise:g})"
         return UpscaleResult(out, label, fallback=False, device=self.device)
+
+    def _prepared(self, net: nn.Module) -> nn.Module:
+        """`net` in channels_last (in place) and compiled, as configured, once per loaded net."""
+        key = id(net)
+        if key in self._prepared_nets:
+            self._prepared_nets.move_to_end(key)
+            return self._prepared_nets[key][1]
+        if self.channels_last:
+            net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        prepared: nn.Module = torch.compile(net) if self.compile else net  # type: ignore[assignment]
+        self._prepared_nets[key] = (net, prepared)  # the net is kept too, so its id is not reused meanwhile
+        while len(self._prepared_nets) > _PREPARED_NETS:
+            self._prepared_nets.popitem(last=False)
+        return prepared

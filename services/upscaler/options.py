@@ -9,6 +9,8 @@ from shared.messages import UpscaleOptions
 MAX_OUTSCALE = 8.0
 TILE_RANGE = range(32, 2049)
 PAD_RANGE = range(0, 65)
+ALPHA_MODES = ("premultiplied", "network", "resize")  # see services/upscaler/alpha.py
+DEFAULT_ALPHA_MODE = ALPHA_MODES[0]
 
 
 def validate_options(options: UpscaleOptions) -> None:
@@ -37,3 +39,5 @@ def validate_options(options: UpscaleOptions) -> None:
         raise ValueError(
             f"kwargs.output_format: must be one of {', '.join(OUTPUT_FORMATS)}, got {options.output_format!r}"
         )
+    if options.alpha_mode not in ALPHA_MODES:
+        raise ValueError(f"kwargs.alpha_mode: must be one of {', '.join(ALPHA_MODES)}, got {options.alpha_mode!r}")

@@ -8,11 +8,12 @@ from typing import Any
 
 import structlog
 
+from services.upscaler import codec
 from services.upscaler.engine import Upscaler
 from services.upscaler.gate import PriorityGate
 from shared.blobs import read_blob, write_blob
 from shared.config import Settings
-from shared.images import encode_image, open_image, output_format
+from shared.images import output_format
 from shared.messages import Category, TaskMessage, input_object, output_object
 from shared.nats import Topology
 from shared.stage import Handler, Job
@@ -57,9 +58,9 @@ async def make_handler(topology: Topology, settings: Settings, upscaler: Upscale
     loop = asyncio.get_running_loop()
 
     def run(data: bytes, category: Category, task: TaskMessage, progress: Callable[[float], None]):
-        image = open_image(data)
-        result = engine.upscale(image, category, task.options, progress=progress)
-        return result, encode_image(result.image, output_format(task.options.output_format, task.output_url))
+        picture = codec.decode(data)  # keeps 16-bit PNGs 16-bit, alpha, EXIF orientation, ICC profile
+        result = engine.upscale_picture(picture, category, task.options, progress=progress)
+        return result, codec.encode(result.picture, output_format(task.options.output_format, task.output_url))
 
     async def handle(job: Job) -> TaskMessage:
         task = job.task
@@ -73,8 +74,8 @@ async def make_handler(topology: Topology, settings: Settings, upscaler: Upscale
         await write_blob(topology.blobs, output_object(task.task_id), encoded)
         return task.model_copy(
             update={
-                "output_width": result.image.width,
-                "output_height": result.image.height,
+                "output_width": result.width,
+                "output_height": result.height,
                 "model_used": result.model_used,
                 "worker_type": engine.worker_type(),
             }

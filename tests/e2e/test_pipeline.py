@@ -192,3 +192,23 @@ async def test_s3_input_to_presigned_put_output(
     data = stored["Body"].read()
     assert Image.open(io.BytesIO(data)).format == "WEBP"
     assert size_of(data) == (120, 80)
+
+
+async def test_sixteen_bit_alpha_png_stays_sixteen_bit(
+    api: httpx.AsyncClient, http_server: StaticHTTPServer, s3_server: S3Server, s3_bucket: str
+) -> None:
+    import numpy as np
+
+    from services.upscaler.codec import encode_png16, png_header
+
+    ramp = np.linspace(0, 65535, 24 * 20, dtype=np.uint16).reshape(20, 24)
+    pixels = np.stack([ramp, ramp[::-1], np.full_like(ramp, 40000), np.full_like(ramp, 65535)], axis=-1)
+    pixels[:5, :, 3] = 0  # a transparent band
+    source = http_server.add(f"{uuid.uuid4().hex}.png", encode_png16(pixels))
+    response = await submit(api, source, f"s3://{s3_bucket}/deep.png", sync=True)
+
+    status = response.json()
+    assert status["state"] == "SUCCESS", status["error"]
+    stored = s3_object(s3_server, s3_bucket, "deep.png")
+    assert png_header(stored) == (16, 6)  # 16 bits per sample, RGBA
+    assert size_of(stored) == (96, 80)
