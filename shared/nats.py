@@ -227,7 +227,12 @@ async def declare(nc: NATS, settings: Settings) -> Topology:
     )
     await _ensure_stream(js, log_stream_config(DEAD_STREAM, DEAD_SUBJECTS, *dead, settings))
     tasks = await _ensure_kv(
-        js, KeyValueConfig(bucket=TASKS_BUCKET, history=1, replicas=settings.replicas, storage=StorageType.FILE)
+        js,
+        # direct: gets are $JS.API.DIRECT.GET (the raw message, answerable by any replica) instead of
+        # STREAM.MSG.GET's JSON envelope on the JetStream API queue.
+        KeyValueConfig(
+            bucket=TASKS_BUCKET, history=1, replicas=settings.replicas, storage=StorageType.FILE, direct=True
+        ),
     )
     workers = await _ensure_kv(
         js,

@@ -92,4 +92,9 @@ async def serve_stage(
 
 
 def main(service: str, stage: Stage, make_handler: HandlerFactory, info: InfoProvider | None = None) -> None:
-    asyncio.run(serve_stage(service, stage, make_handler, info))
+    try:
+        import uvloop  # the C event loop: cheaper I/O and callbacks for every NATS round trip
+    except ImportError:
+        asyncio.run(serve_stage(service, stage, make_handler, info))
+    else:
+        uvloop.run(serve_stage(service, stage, make_handler, info))

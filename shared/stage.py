@@ -68,8 +68,10 @@ class Job:
     async def report_progress(self, fraction: float, min_interval_s: float = 0.25) -> None:
         """Record progress inside this stage; raises TaskFinishedError if the task was ended meanwhile."""
         self.touch()
+        if fraction >= 1.0:
+            return  # the stage's finish write follows at once and marks its share done
         now = time.monotonic()
-        if fraction < 1.0 and now - self._last_progress_s < min_interval_s:
+        if now - self._last_progress_s < min_interval_s:
             return
         self._last_progress_s = now
         self.status = await self.store.update(self.task.task_id, lambda s: s.report_progress(self.stage, fraction))

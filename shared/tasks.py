@@ -4,12 +4,17 @@ Every writer reads the entry, applies a transition from shared/state.py and writ
 expecting the revision it read; on a conflict it re-reads and re-applies. Two writers therefore can
 never lose each other's update, and a terminal state can never be overwritten. Whoever writes a
 terminal state also publishes the task's event, so subscribers see exactly one per task.
+
+A store remembers the last value it wrote for a task, so its next write to that task (a stage's
+finish after its start) tries the compare-and-set on that value first and reads only on a conflict:
+one KV get fewer per write, with the same guarantee (the revision decides).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError, StaleConnectionError
@@ -26,6 +31,7 @@ from shared.messages import event_subject
 from shared.state import TaskStatus
 
 MAX_CAS_ATTEMPTS = 50
+REMEMBERED_WRITES = 1024  # tasks whose last write a store keeps (a stage holds a few at a time)
 UNKNOWN_OUTCOME_PAUSE_S = 0.2
 # Errors after which a write may or may not have been applied (the answer, not the request, was lost).
 UNKNOWN_OUTCOME = (
@@ -53,6 +59,7 @@ class TaskStore:
     def __init__(self, kv: KeyValue, js: JetStreamContext) -> None:
         self._kv = kv
         self._js = js
+        self._written: OrderedDict[str, tuple[bytes, int]] = OrderedDict()  # task_id -> (value, revision)
 
     async def create(self, status: TaskStatus) -> int:
         """Store a new task; fails if the id exists (ids are UUIDs, so that is a bug)."""
@@ -80,28 +87,41 @@ class TaskStore:
         repeats the work.
         """
         sent: dict[bytes, TaskStatus] = {}  # what this call wrote without hearing back
-        for _ in range(MAX_CAS_ATTEMPTS):
-            found = await self._read(task_id)
-            if found is None:
-                raise TaskGoneError(task_id)
-            status, revision = found
-            ours = sent.get(status.to_json())
-            if ours is not None:  # a write whose answer we lost did land: it is this one
-                return await self._written(ours, was_terminal=False)
+        for attempt in range(MAX_CAS_ATTEMPTS):
+            remembered = self._written.pop(task_id, None) if attempt == 0 else None
+            if remembered is not None:
+                status, revision = TaskStatus.from_json(remembered[0]), remembered[1]
+            else:
+                found = await self._read(task_id)
+                if found is None:
+                    raise TaskGoneError(task_id)
+                status, revision = found
+                ours = sent.get(status.to_json())
+                if ours is not None:  # a write whose answer we lost did land: it is this one
+                    return await self._written_ok(task_id, ours, revision, was_terminal=False)
             was_terminal = status.state.terminal
-            transition(status)
+            try:
+                transition(status)
+            except Exception:
+                if remembered is None:
+                    raise
+                continue  # judged on our own last write, which may be stale: judge on a fresh read
             payload = status.to_json()
             written = await self._write(task_id, payload, revision)
             if written is None:
                 sent[payload] = status
-                continue
-            if written:
-                return await self._written(status, was_terminal)
+            elif written:
+                return await self._written_ok(task_id, status, written, was_terminal)
         raise RuntimeError(f"task {task_id}: state update kept conflicting")
 
-    async def _written(self, status: TaskStatus, was_terminal: bool) -> TaskStatus:
-        if status.state.terminal and not was_terminal:
-            await self.publish_event(status)
+    async def _written_ok(self, task_id: str, status: TaskStatus, revision: int, was_terminal: bool) -> TaskStatus:
+        if status.state.terminal:
+            if not was_terminal:
+                await self.publish_event(status)
+        else:
+            self._written[task_id] = (status.to_json(), revision)
+            if len(self._written) > REMEMBERED_WRITES:
+                self._written.popitem(last=False)
         return status
 
     async def _read(self, task_id: str) -> tuple[TaskStatus, int] | None:
@@ -116,14 +136,13 @@ class TaskStore:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 2.0)
 
-    async def _write(self, task_id: str, payload: bytes, revision: int) -> bool | None:
-        """Compare-and-set: True written, False conflict, None unknown (the answer was lost: a stream
-        leader died after applying it, a reconnect). The caller re-reads and recognises its value."""
+    async def _write(self, task_id: str, payload: bytes, revision: int) -> int | None:
+        """Compare-and-set: the new revision, 0 on a conflict, None when unknown (the answer was lost:
+        a stream leader died after applying it, a reconnect); the caller re-reads and recognises its value."""
         try:
-            await self._kv.update(task_id, payload, last=revision)
-            return True
+            return await self._kv.update(task_id, payload, last=revision)
         except KeyWrongLastSequenceError:
-            return False
+            return 0
         except UNKNOWN_OUTCOME:
             await asyncio.sleep(UNKNOWN_OUTCOME_PAUSE_S)
             return None
@@ -146,4 +165,5 @@ class TaskStore:
                 await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
 
     async def delete(self, task_id: str) -> None:
+        self._written.pop(task_id, None)
         await self._kv.purge(task_id)

@@ -21,7 +21,8 @@ class ApiContext:
     metrics: ApiMetrics
 
 
-def get_context(request: Request) -> ApiContext:
+async def get_context(request: Request) -> ApiContext:
+    # async: FastAPI runs a plain `def` dependency in a worker thread, a thread hop per request.
     return request.app.state.context
 
 

@@ -19,7 +19,7 @@ def classify_bytes(data: bytes) -> Classification:
 
 async def make_handler(topology: Topology, settings: Settings) -> Handler:
     async def handle(job: Job) -> TaskMessage:
-        data = await read_blob(topology.blobs, input_object(job.task.task_id))
+        data = await read_blob(topology.js, input_object(job.task.task_id))
         classification = await asyncio.to_thread(classify_bytes, data)
         return job.task.model_copy(update={"classification": classification})
 

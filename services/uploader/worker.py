@@ -14,7 +14,6 @@ from shared.images import OUTPUT_FORMATS, output_format
 from shared.messages import TaskMessage, output_object
 from shared.nats import Topology
 from shared.stage import Handler, Job
-from shared.tasks import TaskStore
 
 
 def task_result(task: TaskMessage) -> dict:
@@ -38,11 +37,10 @@ def s3_endpoint() -> str | None:
 async def make_handler(topology: Topology, settings: Settings) -> Handler:
     http = httpx.AsyncClient(timeout=httpx.Timeout(settings.fetch_timeout_s))
     s3_session = aioboto3.Session()
-    store = TaskStore(topology.tasks, topology.js)
 
     async def handle(job: Job) -> None:
         task = job.task
-        data = await read_blob(topology.blobs, output_object(task.task_id))
+        data = await read_blob(topology.js, output_object(task.task_id))
         await write_output(
             task.output_url,
             data,
@@ -52,7 +50,8 @@ async def make_handler(topology: Topology, settings: Settings) -> Handler:
             s3_endpoint=s3_endpoint(),
             allow_private=settings.fetch_allow_private_networks,
         )
-        await store.update(task.task_id, lambda s: s.succeed(task_result(task)))
+        # The runner's store: it remembers the stage's start write, so no read comes before this one.
+        await job.store.update(task.task_id, lambda s: s.succeed(task_result(task)))
         await discard_task_blobs(topology.blobs, task.task_id)
 
     return handle

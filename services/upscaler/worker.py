@@ -64,7 +64,7 @@ async def make_handler(topology: Topology, settings: Settings, upscaler: Upscale
 
     async def handle(job: Job) -> TaskMessage:
         task = job.task
-        data = await read_blob(topology.blobs, input_object(task.task_id))
+        data = await read_blob(topology.js, input_object(task.task_id))
         category = task.classification.category if task.classification else Category.PHOTO
         job.waiting_locally = True
         async with gate.hold(task.priority):

@@ -188,7 +188,11 @@ async def test_a_message_that_kills_every_worker_is_dead_lettered(own_system: Sy
         assert await asyncio.wait_for(asking, timeout=5) is None
         assert final["state"] == "FAILURE"
         assert final["error"] == "fetch: delivered 3 times without completing (workers crashed or hung)"
-        [dead] = [d for d in await list_dead(nc.jetstream()) if d.task_id == task_id]
+        # The sweeper records FAILURE (the event awaited above) before it writes the dead letter.
+        async with asyncio.timeout(5):
+            while not (found := [d for d in await list_dead(nc.jetstream()) if d.task_id == task_id]):
+                await asyncio.sleep(0.05)
+        [dead] = found
         assert dead.attempts == 3 and dead.origin_subject == f"tm.work.p5.fetch.{task_id}"
     finally:
         await nc.close()
