@@ -35,7 +35,8 @@ class Settings(BaseSettings):
 
     model_dir: Path = Field(default_factory=default_model_dir)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    tile: int = Field(default=256, ge=0)  # default tile size in input pixels (0: no tiling)
+    # Default tile size in input pixels; unset: chosen from free device memory and the model; 0: no tiling.
+    tile: int | None = Field(default=None, ge=0)
 
     fetch_allow_private_networks: bool = False
     fetch_max_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
