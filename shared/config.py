@@ -39,8 +39,24 @@ class Settings(BaseSettings):
     tile: int | None = Field(default=None, ge=0)
 
     fetch_allow_private_networks: bool = False
+    # Hosts (exact names) and networks (CIDRs) the fetcher may reach even when they are private,
+    # comma-separated: e.g. "minio.internal,10.20.0.0/16".
+    fetch_allowlist: str = ""
     fetch_max_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     fetch_timeout_s: float = Field(default=30.0, gt=0)
+    fetch_connect_timeout_s: float = Field(default=10.0, gt=0)
+    fetch_max_redirects: int = Field(default=5, ge=0, le=20)
+    input_formats: str = "png,jpeg,webp,gif,bmp,tiff"  # accepted by magic bytes, not by name
+    max_input_pixels: int = Field(default=40_000_000, gt=0)  # refused before decoding (bombs)
+    max_output_pixels: int = Field(default=256_000_000, gt=0)  # after scaling
+
+    # Access: API keys (comma-separated, or one per line in a file); empty: no authentication.
+    api_keys: str = Field(default="", repr=False)
+    api_keys_file: Path | None = None
+    rate_limit_per_s: float = Field(default=20.0, gt=0)  # per client (key, else IP): token refill
+    rate_limit_burst: int = Field(default=40, ge=1)
+    max_queue_depth: int = Field(default=10_000, ge=1)  # waiting messages across all work queues
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)
@@ -51,6 +67,19 @@ class Settings(BaseSettings):
     idempotency_ttl_s: float = Field(default=24 * 3600, gt=0)
     lease_ttl_s: float = Field(default=10.0, ge=2)
     heartbeat_s: float = Field(default=5.0, gt=0)
+
+    def allowlist(self) -> list[str]:
+        return [item.strip() for item in self.fetch_allowlist.split(",") if item.strip()]
+
+    def accepted_formats(self) -> frozenset[str]:
+        return frozenset(item.strip().lower() for item in self.input_formats.split(",") if item.strip())
+
+    def keys(self) -> list[str]:
+        """The accepted API keys, from TM_API_KEYS and TM_API_KEYS_FILE (never logged)."""
+        keys = [k.strip() for k in self.api_keys.split(",") if k.strip()]
+        if self.api_keys_file is not None:
+            keys += [line.strip() for line in self.api_keys_file.read_text().splitlines() if line.strip()]
+        return keys
 
     @field_validator("device")
     @classmethod
