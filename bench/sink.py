@@ -1,0 +1,71 @@
+"""The benchmark's own HTTP server, run as a separate process: serves the input image, swallows PUTs.
+
+It runs in its own process (not a thread of the load generator) so that serving the fetchers'
+GETs never competes with the generator's event loop for the GIL, and so its CPU shows up on its own
+line. HTTP/1.1 keep-alive, unlike tests/servers.py's HTTP/1.0 server, so the fetchers and uploaders
+reuse their connections as they would with a real object store or CDN.
+
+    python bench/sink.py FILE   # serves FILE's bytes at every GET path; prints "port <N>" when ready
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+class _Sink(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _SinkServer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self._reply(self.server.body, "image/png")
+
+    def do_PUT(self) -> None:
+        remaining = int(self.headers.get("Content-Length") or 0)
+        while remaining > 0:
+            chunk = self.rfile.read(min(remaining, 1 << 16))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+        with self.server.lock:
+            self.server.puts += 1
+        self._reply(b"", "text/plain")
+
+    def _reply(self, body: bytes, content_type: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _SinkServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__(("127.0.0.1", 0), _Sink)
+        self.body = body
+        self.puts = 0
+        self.lock = threading.Lock()
+
+
+def main() -> None:
+    server = _SinkServer(Path(sys.argv[1]).read_bytes())
+    print(f"port {server.server_address[1]}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()
