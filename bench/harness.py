@@ -98,6 +98,9 @@ class Harness:
             "TM_API_HOST": "127.0.0.1",
             "TM_API_PORT": str(api_port),
             "TM_FETCH_ALLOW_PRIVATE_NETWORKS": "true",
+            "TM_RATE_LIMIT_PER_S": "100000",  # a load test measures the system, not the limiter
+            "TM_RATE_LIMIT_BURST": "100000",
+            "TM_MAX_QUEUE_DEPTH": "1000000",
             "TM_MODEL_DIR": str(model_dir),
             "TM_DEVICE": "cpu",
             # A backlog is what a capacity run builds on purpose: measure it, don't time it out.

@@ -44,6 +44,9 @@ class System:
             "TM_API_PORT": str(self.api_port),
             "TM_FETCH_ALLOW_PRIVATE_NETWORKS": "true",
             "TM_HEARTBEAT_S": "1",
+            # Tests submit in bursts on purpose; the rate-limit tests set their own values.
+            "TM_RATE_LIMIT_PER_S": "1000",
+            "TM_RATE_LIMIT_BURST": "1000",
             **env,
         }
         self.processes: dict[str, subprocess.Popen[bytes]] = {}

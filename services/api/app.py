@@ -6,12 +6,16 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+import structlog
+from fastapi import Depends, FastAPI
 
+from services.api.auth import UNAUTHORIZED, ApiKeyGuard
+from services.api.backpressure import QueueDepth
+from services.api.bodylimit import BodySizeLimit
 from services.api.deps import ApiContext
+from services.api.errors import install_error_handlers
 from services.api.metrics import ApiMetrics
+from services.api.ratelimit import TOO_MANY, RateLimiter
 from services.api.routes import dashboard, health, task_control, tasks
 from services.api.sweeper import Sweeper
 from shared.config import Settings
@@ -20,29 +24,26 @@ from shared.service import VERSION, make_worker_id
 from shared.tasks import TaskStore
 
 
-def _describe(errors: list) -> str:
-    parts = []
-    for error in errors:
-        location = ".".join(str(p) for p in error["loc"] if p != "body") or "body"
-        parts.append(f"{location}: {error['msg']}")
-    return "; ".join(parts)
-
-
-async def _bad_request(request: Request, exc: Exception) -> JSONResponse:
-    """The reference answers invalid parameters with 400 and a readable `detail` naming the field."""
-    assert isinstance(exc, RequestValidationError)
-    return JSONResponse({"detail": _describe(list(exc.errors()))}, status_code=400)
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
+    config = settings or Settings()
+    keys = config.keys()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        config = settings or Settings()
         nc = await connect(config, name="api")
         topology = await declare(nc, config)
         metrics = ApiMetrics()
         await metrics.follow_events(nc)
-        app.state.context = ApiContext(config, topology, TaskStore(topology.tasks, topology.js), metrics)
+        store = TaskStore(topology.tasks, topology.js)
+        app.state.context = ApiContext(config, topology, store, metrics, QueueDepth(topology, config.max_queue_depth))
+        structlog.get_logger().info(
+            "api_access",
+            api_keys=len(keys),  # how many, never which
+            rate_limit_per_s=config.rate_limit_per_s,
+            rate_limit_burst=config.rate_limit_burst,
+            max_queue_depth=config.max_queue_depth,
+            max_body_bytes=config.max_body_bytes,
+        )
         sweeper = Sweeper(topology, config, holder=make_worker_id("api"))
         sweeping = asyncio.create_task(sweeper.run())
         try:
@@ -59,9 +60,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="GPU image super-resolution tasks on NATS JetStream.",
         lifespan=lifespan,
     )
-    app.add_exception_handler(RequestValidationError, _bad_request)
-    app.include_router(tasks.router)
-    app.include_router(task_control.router)
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_body_bytes=config.max_body_bytes)
+    # Access control in one place: with keys configured, /api/v1 and /dashboard need one (/health
+    # and the docs stay open); every /api/v1 route spends a token of its client's bucket.
+    guard = [Depends(ApiKeyGuard(keys))] if keys else []
+    guarded = UNAUTHORIZED if keys else {}
+    limited = [*guard, Depends(RateLimiter(config.rate_limit_per_s, config.rate_limit_burst))]
+    app.include_router(tasks.router, dependencies=limited, responses={**guarded, **TOO_MANY})
+    app.include_router(task_control.router, dependencies=limited, responses={**guarded, **TOO_MANY})
     app.include_router(health.router)
-    app.include_router(dashboard.router)
+    app.include_router(dashboard.router, dependencies=guard, responses=guarded)
     return app

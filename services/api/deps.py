@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
@@ -12,6 +12,9 @@ from shared.config import Settings
 from shared.nats import Topology
 from shared.tasks import TaskStore
 
+if TYPE_CHECKING:
+    from services.api.backpressure import QueueDepth
+
 
 @dataclass
 class ApiContext:
@@ -19,6 +22,7 @@ class ApiContext:
     topology: Topology
     store: TaskStore
     metrics: ApiMetrics
+    queue: QueueDepth
 
 
 async def get_context(request: Request) -> ApiContext:

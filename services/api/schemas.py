@@ -5,8 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic.config import JsonDict
 
-from shared.messages import TASK_NAME
+from shared.messages import TASK_NAME, UpscaleOptions
+
+# What the API accepts, as far as JSON Schema can say it (the OpenAPI document shows it; the
+# checks themselves, with their field-level 400s, are in services/api/submission.py).
+ARGS_SCHEMA: JsonDict = {"items": {"type": "string", "minLength": 1}, "minItems": 2, "maxItems": 2}
+KWARGS_SCHEMA: JsonDict = {
+    "properties": UpscaleOptions.model_json_schema()["properties"],
+    "additionalProperties": False,
+}
 
 
 class SubmitTaskRequest(BaseModel):
@@ -25,11 +34,12 @@ class SubmitTaskRequest(BaseModel):
         },
     )
 
-    task_name: str = Field(description="Name of the task to execute")
-    args: list[Any] = Field(default_factory=list, description="[input_url, output_url]")
+    task_name: str = Field(description="Name of the task to execute", json_schema_extra={"enum": [TASK_NAME]})
+    args: list[Any] = Field(default_factory=list, description="[input_url, output_url]", json_schema_extra=ARGS_SCHEMA)
     kwargs: dict[str, Any] = Field(
         default_factory=dict,
-        description="Optional: model, outscale, tile, tile_pad, pre_pad, denoise_strength, output_format",
+        description="Optional: model, outscale, tile, tile_pad, pre_pad, denoise_strength, output_format, alpha_mode",
+        json_schema_extra=KWARGS_SCHEMA,
     )
     priority: StrictInt = Field(default=5, ge=0, le=10, description="0 (lowest) to 10 (highest)")
     sync: StrictBool = Field(default=False, description="Wait for completion (bounded by TM_SYNC_WAIT_S)")
@@ -55,3 +65,8 @@ class HealthResponse(BaseModel):
 
 class ErrorResponse(BaseModel):
     detail: str
+
+
+def error(description: str) -> dict[str, Any]:
+    """An OpenAPI `responses` entry for an error answered with ErrorResponse."""
+    return {"model": ErrorResponse, "description": description}

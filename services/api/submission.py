@@ -53,7 +53,7 @@ def _check_options(kwargs: dict[str, Any], output_url: str) -> UpscaleOptions:
     if unknown:
         raise SubmissionError(f"kwargs.{unknown[0]}: unknown option; known: {', '.join(sorted(known))}")
     try:
-        options = UpscaleOptions.model_validate(kwargs)
+        options = UpscaleOptions.model_validate(kwargs, strict=True)  # "2" is not a number here
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"])

@@ -97,3 +97,34 @@ async def test_metrics_use_the_reference_names(api: httpx.AsyncClient) -> None:
 @pytest.mark.parametrize("path", ["/docs", "/redoc", "/openapi.json"])
 async def test_interactive_docs(api: httpx.AsyncClient, path: str) -> None:
     assert (await api.get(path)).status_code == 200
+
+
+async def test_openapi_documents_every_error_with_a_detail(api: httpx.AsyncClient) -> None:
+    schema = (await api.get("/openapi.json")).json()
+    error_ref = {"$ref": "#/components/schemas/ErrorResponse"}
+    documented = {}
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            codes = set(operation["responses"])
+            documented[f"{method.upper()} {path}"] = codes
+            assert "422" not in codes  # invalid requests are 400 here
+            for code in codes - {"200", "202"}:
+                if path != "/health":
+                    assert operation["responses"][code]["content"]["application/json"]["schema"] == error_ref
+    assert documented["POST /api/v1/tasks"] >= {"400", "409", "413", "429", "503"}
+    assert documented["GET /api/v1/tasks/{task_id}"] >= {"404", "429", "503"}
+    assert documented["POST /api/v1/tasks/{task_id}/revoke"] >= {"404", "409", "429", "503"}
+    assert "ValidationError" not in schema["components"]["schemas"]
+
+
+async def test_method_not_allowed_names_every_method_of_the_path(api: httpx.AsyncClient) -> None:
+    response = await api.put(f"/api/v1/tasks/{uuid.uuid4()}")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "DELETE, GET"  # GET and DELETE live in different routers
+
+
+async def test_kwargs_of_the_wrong_type_are_400(api: httpx.AsyncClient) -> None:
+    for kwargs, field in (({"outscale": "2"}, "kwargs.outscale"), ({"tile_pad": True}, "kwargs.tile_pad")):
+        response = await api.post("/api/v1/tasks", json={"task_name": TASK, "args": GOOD_ARGS, "kwargs": kwargs})
+        assert response.status_code == 400, response.text
+        assert field in response.json()["detail"]

@@ -50,13 +50,19 @@ def _endpoints(request: Request) -> list[dict[str, Any]]:
     return rows
 
 
-@router.get("/metrics", response_class=Response)
+def _text(media_type: str, description: str) -> dict[int | str, dict[str, Any]]:
+    # response_class=Response documents nothing itself, so the errors added where the router is
+    # included stay application/json (with HTMLResponse they would be documented as text/html).
+    return {200: {"description": description, "content": {media_type: {"schema": {"type": "string"}}}}}
+
+
+@router.get("/metrics", response_class=Response, responses=_text("text/plain", "Prometheus text format"))
 async def metrics(ctx: ContextDep) -> Response:
     """Raw Prometheus metrics for monitoring integration."""
     return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("", response_class=HTMLResponse)
+@router.get("", response_class=Response, responses=_text("text/html", "The dashboard page"))
 async def dashboard(request: Request, ctx: ContextDep) -> HTMLResponse:
     """View system metrics and status."""
     workers = await list_workers(ctx.topology)

@@ -6,8 +6,8 @@ import structlog
 from fastapi import APIRouter, HTTPException, status
 
 from services.api.deps import ContextDep
-from services.api.routes.tasks import ERRORS, valid_id
-from services.api.schemas import CleanupResponse
+from services.api.routes.tasks import TASK_ERRORS, valid_id
+from services.api.schemas import CleanupResponse, error
 from shared.blobs import discard_task_blobs
 from shared.lifecycle import end_task, purge_queued
 from shared.state import TaskFinishedError, TaskState, TaskStatus
@@ -16,7 +16,7 @@ from shared.tasks import TaskGoneError
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
 log = structlog.get_logger()
 
-REVOKE_ERRORS = {**ERRORS, 409: {"description": "The task already finished"}}
+REVOKE_ERRORS = {**TASK_ERRORS, 409: error("The task already finished")}
 
 
 async def _found(ctx: ContextDep, task_id: str) -> TaskStatus:
@@ -41,7 +41,7 @@ async def revoke_task(task_id: str, ctx: ContextDep) -> TaskStatus:
     return ended
 
 
-@router.delete("/{task_id}", response_model=CleanupResponse, responses=ERRORS)
+@router.delete("/{task_id}", response_model=CleanupResponse, responses=TASK_ERRORS)
 async def cleanup_task(task_id: str, ctx: ContextDep) -> CleanupResponse:
     """Remove task resources: a running task is revoked first; then its queued message, objects and state go."""
     found = await _found(ctx, task_id)

@@ -10,14 +10,15 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import structlog
-from fastapi import APIRouter, Header, HTTPException, status
+from fastapi import APIRouter, Depends, Header, HTTPException, status
 from fastapi.responses import JSONResponse
 from nats.aio.subscription import Subscription
 from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from services.api import idempotency
+from services.api.backpressure import queue_room
 from services.api.deps import ContextDep
-from services.api.schemas import ErrorResponse, SubmitTaskRequest, SubmitTaskResponse
+from services.api.schemas import SubmitTaskRequest, SubmitTaskResponse, error
 from services.api.submission import SubmissionError, validate_submission
 from shared.messages import PIPELINE, TASKS_BUCKET, TaskMessage, work_subject
 from shared.state import TaskStatus
@@ -26,11 +27,18 @@ router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
 log = structlog.get_logger()
 FAILOVER_WAIT_S = 10.0
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorResponse, "description": "Invalid task name or arguments"},
-    409: {"model": ErrorResponse, "description": "Idempotency-Key reused for another request"},
-    503: {"model": ErrorResponse, "description": "NATS unreachable: nothing was queued"},
-    404: {"model": ErrorResponse, "description": "Task ID not found"},
+# What each route can answer besides its success; 401 and 429 are added where the routers are
+# included (services/api/app.py), with the guard and the rate limiter.
+SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {
+    200: {"model": TaskStatus, "description": "Finished task (sync: true)"},
+    400: error("Invalid task name, arguments or options; the detail names the field"),
+    409: error("Idempotency-Key reused for another request"),
+    413: error("Request body larger than TM_MAX_BODY_BYTES"),
+    503: error("NATS unreachable: nothing was queued"),
+}
+TASK_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: error("Task ID not found"),
+    503: error("NATS unreachable"),
 }
 
 
@@ -81,7 +89,8 @@ async def _wait_until_finished(
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=SubmitTaskResponse,
-    responses={**ERRORS, 200: {"model": TaskStatus, "description": "Finished task (sync: true)"}},
+    responses=SUBMIT_ERRORS,
+    dependencies=[Depends(queue_room)],
 )
 async def submit_task(
     body: SubmitTaskRequest,
@@ -162,7 +171,7 @@ async def _existing_task(ctx: ContextDep, task_id: str, sync: bool) -> Any:
     return SubmitTaskResponse(task_id=task_id, state=found.state.value, submitted_at=found.submitted_at)
 
 
-@router.get("/{task_id}", response_model=TaskStatus, responses=ERRORS)
+@router.get("/{task_id}", response_model=TaskStatus, responses=TASK_ERRORS)
 async def get_task(task_id: str, ctx: ContextDep) -> TaskStatus:
     """Retrieve the current status of a task."""
     found = await ctx.store.get(task_id) if valid_id(task_id) else None

@@ -1,0 +1,46 @@
+"""The API alone (no stage services, so submitted tasks stay queued) on a NATS server of its own.
+
+`api_system` starts one per test, with extra environment from
+@pytest.mark.system_env(TM_API_KEYS="k1,k2"); `api_only` is the same as a context manager for
+module-scoped fixtures that many tests share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.servers import start_nats
+from tests.system import System
+
+TASK = "image_super_resolution_pipeline"
+SUBMISSION = {"task_name": TASK, "args": ["https://example.com/in.jpg", "s3://bucket/out.png"]}
+
+
+@contextmanager
+def api_only(directory: Path, **env: str) -> Iterator[System]:
+    server = start_nats(directory / "nats")
+    system = System(server.url, directory / "logs", env)
+    try:
+        asyncio.run(system.start("api"))
+        yield system
+    finally:
+        system.stop()
+        server.stop()
+
+
+@pytest.fixture
+async def api_system(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[System]:
+    marker = request.node.get_closest_marker("system_env")
+    server = start_nats(tmp_path / "nats")
+    system = System(server.url, tmp_path / "logs", dict(marker.kwargs) if marker else {})
+    try:
+        await system.start("api")
+        yield system
+    finally:
+        system.stop()
+        server.stop()
