@@ -1,16 +1,16 @@
-"""Talking to the outside world: which hosts may be reached, and what their failures mean.
+"""Talking to the outside world: what its failures mean.
 
 The fetcher (reads) and the uploader (writes) share this: the remote side's own fault (4xx,
-missing object, refused address) is an InputError; the network's or the server's (5xx, 429,
-throttling, timeouts, refused connections) a RetryableError. URLs in messages go through
-`safe_url`, which strips credentials.
+missing object) is an InputError; the network's or the server's (5xx, 429, throttling, timeouts,
+refused connections) a RetryableError. URLs in messages go through `safe_url`, which strips
+credentials. Which hosts may be reached at all is `shared.netguard`'s business, and the HTTP
+client that enforces it on every connection `shared.transport`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import socket
+import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -54,47 +54,9 @@ S3_ERRORS = (
 )
 
 
-def is_public_address(address: str) -> bool:
-    """False for loopback, private, link-local, reserved, multicast and unspecified addresses."""
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 reaches 127.0.0.1
-    blocked = (ip.is_loopback, ip.is_private, ip.is_link_local, ip.is_reserved, ip.is_multicast)
-    # is_global also rules out what is neither private nor public, e.g. carrier-grade NAT 100.64/10.
-    return ip.is_global and not ip.is_unspecified and not any(blocked)
-
-
-async def ensure_public_host(url: str) -> None:
-    """Raise InputError unless every address the URL's host resolves to is public.
-
-    A basic check: the HTTP client resolves the name again when it connects (DNS rebinding).
-    """
-    parts = urlsplit(url)
-    try:
-        host, port = parts.hostname, parts.port
-    except ValueError as exc:
-        raise InputError(f"invalid URL ({exc}): {safe_url(url)}") from exc
-    if not host:
-        raise InputError(f"URL has no host: {safe_url(url)}")
-    try:
-        addresses = [str(ipaddress.ip_address(host))]
-    except ValueError:
-        addresses = await _resolve(host, port)
-    for address in addresses:
-        if not is_public_address(address):
-            raise InputError(f"URL host {host} is a non-public address ({address}), refused: {safe_url(url)}")
-
-
-async def _resolve(host: str, port: int | None) -> list[str]:
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        unknown = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
-        error = InputError if exc.errno in unknown else RetryableError  # unknown name vs DNS trouble
-        raise error(f"cannot resolve host {host}: {exc.strerror}") from exc
-    # IPv6 sockaddrs may carry a zone ("fe80::1%eth0"), which ip_address accepts.
-    return [str(info[4][0]) for info in infos]
+def s3_endpoint() -> str | None:
+    """The deployment's S3 endpoint URL, from boto's standard variables (None: AWS itself)."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 
 
 def http_status_error(status: int, url: str, headers: Mapping[str, str], *, role: str) -> TaskError | None:
@@ -149,7 +111,12 @@ def retry_after_s(value: str | None) -> float | None:
 
 def safe_url(url: str) -> str:
     """`url` fit for messages and logs: no user:password, no query when it carries a signature or token."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed "[": strip what could be a credential without a parser
+        scheme, _, rest = url.partition("://")
+        netloc, slash, path = rest.split("?", 1)[0].partition("/")
+        return f"{scheme}://{netloc.rpartition('@')[2]}{slash}{path}" if rest else url.split("?", 1)[0]
     netloc = parts.netloc.rpartition("@")[2]
     keys = {name.lower() for name, _ in parse_qsl(parts.query, keep_blank_values=True)}
     query = "(signed query omitted)" if keys & _SECRET_PARAMS else parts.query

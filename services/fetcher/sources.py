@@ -14,17 +14,10 @@ from urllib.parse import unquote, urljoin, urlsplit
 import aioboto3
 import httpx
 
-from shared.egress import (
-    S3_ERRORS,
-    ensure_public_host,
-    http_status_error,
-    http_transport_error,
-    s3_error,
-    safe_url,
-)
-from shared.errors import InputError
+from shared.egress import S3_ERRORS, http_status_error, http_transport_error, s3_error, safe_url
+from shared.errors import InputError, RetryableError
+from shared.netguard import AddressPolicy
 
-MAX_REDIRECTS = 5
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _CHUNK_BYTES = 64 * 1024
 
@@ -33,36 +26,55 @@ async def read_input(
     url: str,
     *,
     http: httpx.AsyncClient,
-    allow_private: bool,
+    policy: AddressPolicy,
     max_bytes: int,
+    max_redirects: int = 5,
+    deadline_s: float | None = None,
     s3_session: aioboto3.Session | None = None,
 ) -> bytes:
-    """The bytes at `url`, at most `max_bytes` of them; raises InputError or RetryableError."""
-    scheme = urlsplit(url).scheme.lower()
+    """The bytes at `url`, at most `max_bytes` of them; raises InputError or RetryableError.
+
+    `http` must be a `shared.transport.guarded_client` with the same `policy`, which vets every address
+    it connects to; here each URL (the given one and every redirect hop) is checked before its request.
+    `deadline_s` bounds a whole HTTP download, redirects included, however slowly its bytes trickle in.
+    """
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError as exc:
+        raise InputError(f"invalid input URL ({exc}): {safe_url(url)}") from exc
     if scheme in ("http", "https"):
-        return await _read_http(url, http, allow_private, max_bytes)
+        deadline = asyncio.timeout(deadline_s)
+        try:
+            async with deadline:
+                return await _read_http(url, http, policy, max_bytes, max_redirects)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise InputError(
+                f"input URL did not finish downloading within the {deadline_s:g} s limit "
+                f"(TM_FETCH_TIMEOUT_S), refused: {safe_url(url)}"
+            ) from None
     if scheme == "s3":
         return await _read_s3(url, s3_session or aioboto3.Session(), max_bytes)
     if scheme == "file":
-        if not allow_private:
+        if not policy.allow_private:
             raise InputError(f"file:// input URLs are not allowed here: {safe_url(url)}")
         return await asyncio.to_thread(_read_file, url, max_bytes)
-    raise InputError(f"unsupported input URL scheme {scheme or '(none)'!r}: {safe_url(url)}")
+    raise InputError(f"unsupported input URL scheme {scheme or '(none)'!r} (http, https, s3): {safe_url(url)}")
 
 
-async def _read_http(url: str, http: httpx.AsyncClient, allow_private: bool, max_bytes: int) -> bytes:
-    # Redirects are followed here rather than by httpx so that every hop gets the address check.
+async def _read_http(
+    url: str, http: httpx.AsyncClient, policy: AddressPolicy, max_bytes: int, max_redirects: int
+) -> bytes:
+    # Redirects are followed here rather than by httpx so that every hop gets the URL check.
     current = url
-    for _ in range(MAX_REDIRECTS + 1):
-        if not allow_private:
-            await ensure_public_host(current)
+    for _ in range(max_redirects + 1):
+        policy.check_url(current, "input")
         try:
             async with http.stream("GET", current, follow_redirects=False) as response:
                 location = response.headers.get("location")
                 if response.status_code in _REDIRECT_STATUSES and location:
-                    current = urljoin(current, location)
-                    if urlsplit(current).scheme.lower() not in ("http", "https"):
-                        raise InputError(f"input URL redirected to a non-HTTP URL: {safe_url(current)}")
+                    current = _redirect_target(current, location)
                     continue
                 if error := http_status_error(response.status_code, current, response.headers, role="input"):
                     raise error
@@ -71,9 +83,25 @@ async def _read_http(url: str, http: httpx.AsyncClient, allow_private: bool, max
                 return await _read_limited(response.aiter_bytes(_CHUNK_BYTES), declared, max_bytes, current)
         except httpx.InvalidURL as exc:
             raise InputError(f"invalid input URL ({exc}): {safe_url(current)}") from exc
+        except httpx.ConnectTimeout as exc:
+            raise RetryableError(
+                f"input URL {safe_url(current)}: no connection within {http.timeout.connect} s "
+                "(TM_FETCH_CONNECT_TIMEOUT_S)"
+            ) from exc
         except httpx.HTTPError as exc:
             raise http_transport_error(exc, current, role="input") from exc
-    raise InputError(f"input URL redirected more than {MAX_REDIRECTS} times: {safe_url(url)}")
+    raise InputError(f"input URL redirected more than {max_redirects} times (TM_FETCH_MAX_REDIRECTS): {safe_url(url)}")
+
+
+def _redirect_target(current: str, location: str) -> str:
+    try:
+        target = urljoin(current, location)
+        scheme = urlsplit(target).scheme.lower()
+    except ValueError as exc:
+        raise InputError(f"input URL redirected to an invalid URL ({exc}): {safe_url(current)}") from exc
+    if scheme not in ("http", "https"):
+        raise InputError(f"input URL redirected to a non-HTTP URL: {safe_url(target)}")
+    return target
 
 
 async def _read_s3(url: str, session: aioboto3.Session, max_bytes: int) -> bytes:
@@ -104,13 +132,13 @@ def _read_file(url: str, max_bytes: int) -> bytes:
     except OSError as exc:
         raise InputError(f"cannot read input file {path}: {exc.strerror or exc}") from exc
     if len(data) > max_bytes:
-        raise InputError(f"input is larger than the {max_bytes}-byte limit: {url}")
+        raise InputError(f"input is larger than the {max_bytes}-byte limit (TM_FETCH_MAX_BYTES): {url}")
     return data
 
 
 async def _read_limited(chunks: AsyncIterator[bytes], declared: int | None, max_bytes: int, url: str) -> bytes:
     """Collect `chunks`, giving up as soon as the total (or the declared length) passes `max_bytes`."""
-    too_large = InputError(f"input is larger than the {max_bytes}-byte limit: {safe_url(url)}")
+    too_large = InputError(f"input is larger than the {max_bytes}-byte limit (TM_FETCH_MAX_BYTES): {safe_url(url)}")
     if declared is not None and declared > max_bytes:
         raise too_large
     data = bytearray()

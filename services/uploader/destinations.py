@@ -55,7 +55,10 @@ def parse_destination(url: str, *, s3_endpoint: str | None = None) -> Destinatio
 
     Raises InputError for an unsupported scheme, a URL with no object key, or an invalid bucket name.
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        raise InputError(f"invalid output URL ({exc}): {url}") from exc
     scheme = parts.scheme.lower()
     if scheme == "s3":
         return _s3_target(parts.netloc, parts.path, url)

@@ -17,15 +17,9 @@ import aioboto3
 import httpx
 
 from services.uploader.destinations import HttpPut, LocalFile, S3Target, parse_destination
-from shared.egress import (
-    S3_ERRORS,
-    ensure_public_host,
-    http_status_error,
-    http_transport_error,
-    s3_error,
-    safe_url,
-)
+from shared.egress import S3_ERRORS, http_status_error, http_transport_error, s3_error, safe_url
 from shared.errors import InputError, RetryableError
+from shared.netguard import AddressPolicy
 
 # Disk trouble that may clear up by itself; any other OSError (permissions, not a directory) will not.
 _TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EIO, errno.EAGAIN, errno.EDQUOT})
@@ -37,22 +31,37 @@ async def write_output(
     content_type: str,
     *,
     http: httpx.AsyncClient,
+    policy: AddressPolicy,
     s3_session: aioboto3.Session | None,
     s3_endpoint: str | None,
-    allow_private: bool,
+    deadline_s: float | None = None,
 ) -> None:
     """Store `data` at `url` (see destinations.py for the URL forms); raises InputError or RetryableError.
 
     `s3_endpoint` is the deployment's S3 endpoint URL, used only to recognise path-style URLs on it;
-    the S3 client itself resolves its endpoint from the standard AWS environment and config files.
+    the S3 client itself resolves its endpoint from the standard AWS environment and config files, and
+    is not subject to `policy` (the operator chose it). PUT URLs are: `http` must be a
+    `shared.transport.guarded_client` with the same `policy`. `deadline_s` bounds a whole PUT.
     """
     match parse_destination(url, s3_endpoint=s3_endpoint):
         case S3Target(bucket, key):
             await _put_s3(bucket, key, data, content_type, s3_session or aioboto3.Session())
         case HttpPut(put_url):
-            await _put_http(put_url, data, content_type, http, allow_private)
+            policy.check_url(put_url, "output")
+            deadline = asyncio.timeout(deadline_s)
+            try:
+                async with deadline:
+                    await _put_http(put_url, data, content_type, http)
+            except TimeoutError:
+                if not deadline.expired():
+                    raise
+                # The destination is slow, not wrong: the upload is retried, within the retry budget.
+                raise RetryableError(
+                    f"output URL did not take the upload within the {deadline_s:g} s limit (TM_FETCH_TIMEOUT_S): "
+                    f"{safe_url(put_url)}"
+                ) from None
         case LocalFile(path):
-            if not allow_private:
+            if not policy.allow_private:
                 raise InputError(f"file:// output URLs are not allowed here: {url}")
             await asyncio.to_thread(_write_file, path, data)
 
@@ -65,9 +74,7 @@ async def _put_s3(bucket: str, key: str, data: bytes, content_type: str, session
         raise s3_error(exc, f"output s3://{bucket}/{key}") from exc
 
 
-async def _put_http(url: str, data: bytes, content_type: str, http: httpx.AsyncClient, allow_private: bool) -> None:
-    if not allow_private:
-        await ensure_public_host(url)
+async def _put_http(url: str, data: bytes, content_type: str, http: httpx.AsyncClient) -> None:
     try:
         # No redirects: a presigned URL's signature is for this URL only, and a PUT body is not
         # something to replay to wherever a server points.

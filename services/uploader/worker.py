@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import os
-
 import aioboto3
 import httpx
 
+from services.uploader.redelivery import already_delivered
 from services.uploader.s3 import write_output
 from shared.blobs import discard_task_blobs, read_blob
 from shared.config import Settings
+from shared.egress import s3_endpoint
 from shared.images import OUTPUT_FORMATS, output_format
 from shared.messages import TaskMessage, output_object
 from shared.nats import Topology
+from shared.netguard import AddressPolicy
 from shared.stage import Handler, Job
+from shared.transport import guarded_client
 
 
 def task_result(task: TaskMessage) -> dict:
@@ -30,26 +32,29 @@ def task_result(task: TaskMessage) -> dict:
     }
 
 
-def s3_endpoint() -> str | None:
-    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-
-
 async def make_handler(topology: Topology, settings: Settings) -> Handler:
-    http = httpx.AsyncClient(timeout=httpx.Timeout(settings.fetch_timeout_s))
+    policy = AddressPolicy.from_settings(settings, s3_endpoint=s3_endpoint())
+    timeout = httpx.Timeout(settings.fetch_timeout_s, connect=settings.fetch_connect_timeout_s)
+    http = guarded_client(policy, role="output", timeout=timeout)
     s3_session = aioboto3.Session()
 
     async def handle(job: Job) -> None:
         task = job.task
         data = await read_blob(topology.js, output_object(task.task_id))
-        await write_output(
-            task.output_url,
-            data,
-            OUTPUT_FORMATS[output_format(task.options.output_format, task.output_url)],
-            http=http,
-            s3_session=s3_session,
-            s3_endpoint=s3_endpoint(),
-            allow_private=settings.fetch_allow_private_networks,
+        redelivered = job.attempt > 1 and await already_delivered(
+            task.output_url, data, http=http, s3_session=s3_session, s3_endpoint=s3_endpoint()
         )
+        if not redelivered:  # a worker killed after its upload but before recording SUCCESS
+            await write_output(
+                task.output_url,
+                data,
+                OUTPUT_FORMATS[output_format(task.options.output_format, task.output_url)],
+                http=http,
+                policy=policy,
+                s3_session=s3_session,
+                s3_endpoint=s3_endpoint(),
+                deadline_s=settings.fetch_timeout_s,
+            )
         # The runner's store: it remembers the stage's start write, so no read comes before this one.
         await job.store.update(task.task_id, lambda s: s.succeed(task_result(task)))
         await discard_task_blobs(topology.blobs, task.task_id)

@@ -23,7 +23,7 @@ from torch import nn
 from services.upscaler import catalog, memory, weights
 from services.upscaler.alpha import RESIZE
 from services.upscaler.inference import Job, Network, Stats, TileRunner
-from services.upscaler.options import DEFAULT_ALPHA_MODE, validate_options
+from services.upscaler.options import DEFAULT_ALPHA_MODE, check_output_size, validate_options
 from services.upscaler.picture import Picture, from_pil
 from shared.errors import ConfigurationError, InputError
 from shared.messages import Category, UpscaleOptions
@@ -78,6 +78,7 @@ class Upscaler:
     `default_tile`: tile size when a task names none (None: chosen from free memory and the model).
     `batch`: tiles per forward (None: from free memory). `feather`: overlap blended at tile edges (None:
     tile_pad // 2). `half`: fp16 on CUDA. `channels_last` (None: on CUDA). `compile`: torch.compile the nets.
+    `max_output_pixels`: larger outputs are refused before inference (None: no limit).
     """
 
     def __init__(
@@ -91,8 +92,10 @@ class Upscaler:
         feather: int | None = None,
         channels_last: bool | None = None,
         compile: bool = False,
+        max_output_pixels: int | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
+        self.max_output_pixels = max_output_pixels
         self.default_tile = default_tile
         self.batch = batch
         self.feather = feather
@@ -172,6 +175,7 @@ class Upscaler:
         missing = [n for n in needed if not weights.is_installed(n, self.model_dir)]
         if missing and options.model is not None:
             weights.require(missing[0], self.model_dir)  # raises ConfigurationError with the install command
+        self._check_output_size(picture.size, None if missing else catalog.get(name).scale, options.outscale)
         if missing:
             outscale = options.outscale if options.outscale is not None else FALLBACK_SCALE
             resized = picture.resized(scaled_size(picture.size, outscale))
@@ -215,6 +219,19 @@ class Upscaler:
             out = out.resized(scaled_size(picture.size, options.outscale))
         label = name if denoise is None else f"{name} (denoise_strength {denoise:g})"
         return UpscaleResult(out, label, fallback=False, device=self.device)
+
+    def _check_output_size(self, size: tuple[int, int], net_scale: int | None, outscale: float | None) -> None:
+        """InputError, before any inference, when the output (or the network's, before `outscale`) is too large."""
+        if self.max_output_pixels is None:
+            return
+        try:
+            if net_scale is not None:  # the network's own output is held in full before the outscale resize
+                network = (size[0] * net_scale, size[1] * net_scale)
+                check_output_size(network, self.max_output_pixels, what=f"the x{net_scale} network output")
+            final = outscale if outscale is not None else (net_scale or FALLBACK_SCALE)
+            check_output_size(scaled_size(size, final), self.max_output_pixels)
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
 
     def _prepared(self, net: nn.Module) -> nn.Module:
         """`net` in channels_last (in place) and compiled, as configured, once per loaded net."""

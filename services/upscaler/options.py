@@ -41,3 +41,13 @@ def validate_options(options: UpscaleOptions) -> None:
         )
     if options.alpha_mode not in ALPHA_MODES:
         raise ValueError(f"kwargs.alpha_mode: must be one of {', '.join(ALPHA_MODES)}, got {options.alpha_mode!r}")
+
+
+def check_output_size(size: tuple[int, int], max_pixels: int, *, what: str = "output") -> None:
+    """Raise ValueError when an image of `size` (width, height) would be over `max_pixels` (TM_MAX_OUTPUT_PIXELS)."""
+    width, height = size
+    if width * height > max_pixels:
+        raise ValueError(
+            f"{what} would be {width}x{height} ({width * height / 1e6:.4g} MP), "
+            f"over the {max_pixels / 1e6:.4g} MP limit (TM_MAX_OUTPUT_PIXELS)"
+        )

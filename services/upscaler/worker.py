@@ -13,7 +13,7 @@ from services.upscaler.engine import Upscaler
 from services.upscaler.gate import PriorityGate
 from shared.blobs import read_blob, write_blob
 from shared.config import Settings
-from shared.images import output_format
+from shared.images import open_image, output_format
 from shared.messages import Category, TaskMessage, input_object, output_object
 from shared.nats import Topology
 from shared.stage import Handler, Job
@@ -53,11 +53,18 @@ class ProgressBridge:
 
 async def make_handler(topology: Topology, settings: Settings, upscaler: Upscaler | None = None) -> Handler:
     """The upscale handler; its `describe()` reports the device and models for the dashboard."""
-    engine = upscaler or Upscaler(settings.model_dir, device=settings.device, default_tile=settings.tile)
+    engine = upscaler or Upscaler(
+        settings.model_dir,
+        device=settings.device,
+        default_tile=settings.tile,
+        max_output_pixels=settings.max_output_pixels,
+    )
+    formats, max_pixels = settings.accepted_formats(), settings.max_input_pixels
     gate = PriorityGate()
     loop = asyncio.get_running_loop()
 
     def run(data: bytes, category: Category, task: TaskMessage, progress: Callable[[float], None]):
+        open_image(data, load=False, max_pixels=max_pixels, formats=formats)  # format and size, before decoding
         picture = codec.decode(data)  # keeps 16-bit PNGs 16-bit, alpha, EXIF orientation, ICC profile
         result = engine.upscale_picture(picture, category, task.options, progress=progress)
         return result, codec.encode(result.picture, output_format(task.options.output_format, task.output_url))

@@ -108,6 +108,8 @@ def test_local_files(url: str, path: str) -> None:
         ("cat.png", "unsupported output URL scheme '(none)'"),
         ("https:///no-host.png", "no host"),
         ("http://host:notaport/x.png", "invalid output URL"),
+        ("http://[::1/x.png", "invalid output URL (Invalid IPv6 URL)"),
+        ("gopher://host:70/_x.png", "unsupported output URL scheme 'gopher'"),
         ("file://remote/srv/x.png", "remote host"),
         ("file:///srv/out/", "no file name"),
     ],
