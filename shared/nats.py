@@ -239,7 +239,7 @@ async def declare(nc: NATS, settings: Settings) -> Topology:
         KeyValueConfig(
             bucket=WORKERS_BUCKET,
             history=1,
-            ttl=settings.heartbeat_s * 3,
+            ttl=settings.heartbeat_s * 3 + 5,  # margin for a loaded machine's late heartbeat
             replicas=settings.replicas,
             # File, not memory: a restarted standalone server forgets memory streams, and no
             # service would declare the bucket again (heartbeats, hence the dashboard, would stop).

@@ -234,6 +234,8 @@ class StageRunner:
         """Ack without working: the task was deleted or ended, or this stage already ran."""
         if isinstance(reason, TaskGoneError):
             await discard_task_blobs(self.topology.blobs, task.task_id)
+        elif isinstance(reason, TaskFinishedError):
+            await self.store.ensure_event(task.task_id)  # its writer may have died before publishing
         await msg.ack()
         self.counters.dropped += 1
         log.info("task_dropped", reason=str(reason))

@@ -16,6 +16,7 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError, StaleConnectionError
 from nats.js import JetStreamContext
@@ -28,7 +29,7 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 
 from shared.messages import event_subject
-from shared.state import TaskStatus
+from shared.state import TaskStatus, parse_time
 
 MAX_CAS_ATTEMPTS = 50
 REMEMBERED_WRITES = 1024  # tasks whose last write a store keeps (a stage holds a few at a time)
@@ -45,6 +46,7 @@ UNKNOWN_OUTCOME = (
 )
 EVENT_PUBLISH_ATTEMPTS = 8  # about 20 s of retries
 READ_RETRY_S = 20.0  # longer than an R3 leader election or a quick server restart
+REPUBLISH_WINDOW_S = 100.0  # inside the events stream's 120 s duplicate window
 
 
 class TaskGoneError(Exception):
@@ -163,6 +165,16 @@ class TaskStore:
                 if attempt == EVENT_PUBLISH_ATTEMPTS - 1:
                     raise
                 await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
+
+    async def ensure_event(self, task_id: str, within_s: float = REPUBLISH_WINDOW_S) -> None:
+        """Publish a recently ended task's terminal event again. Its writer may have died between the
+        state write and the publish; a redelivered message that finds the task ended calls this. Within
+        the stream's duplicate window the message id makes it a no-op when the event did go out."""
+        status = await self.get(task_id)
+        if status is None or not status.state.terminal or status.completed_at is None:
+            return
+        if (datetime.now(UTC) - parse_time(status.completed_at)).total_seconds() < within_s:
+            await self.publish_event(status)
 
     async def delete(self, task_id: str) -> None:
         self._written.pop(task_id, None)

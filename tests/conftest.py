@@ -25,6 +25,14 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
     server.stop()
 
 
+@pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server of the test's own (fresh queues, no other workers), stopped at teardown."""
+    server = start_nats(tmp_path / "nats")
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     server = start_s3(tmp_path_factory.mktemp("s3"))

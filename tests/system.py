@@ -91,6 +91,10 @@ class System:
         finally:
             await nc.close()
 
+    async def wait_heartbeats(self, pids: set[int], timeout_s: float) -> None:
+        """Until a heartbeat of each worker process in `pids` is in the workers bucket."""
+        await self._wait_workers(pids, timeout_s)
+
     async def _wait_workers(self, pids: set[int], timeout_s: float) -> None:
         if not pids:
             return

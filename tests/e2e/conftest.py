@@ -7,15 +7,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import system_env
-from tests.servers import NatsServer, S3Server, start_nats
+from tests.servers import NatsServer, S3Server
 from tests.system import System
-
-
-@pytest.fixture
-def own_nats(tmp_path: Path):
-    server = start_nats(tmp_path / "nats")
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -69,6 +69,8 @@ async def test_health(api: httpx.AsyncClient) -> None:
 
 
 async def test_dashboard_shows_live_workers_and_queues(api: httpx.AsyncClient, system: System) -> None:
+    stages = [system.processes[s].pid for s in ("fetcher", "classifier", "upscaler", "uploader")]
+    await system.wait_heartbeats(set(stages), timeout_s=15)
     response = await api.get("/dashboard")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")

@@ -29,7 +29,7 @@ from tests.faults.harness import (
     assert_one_terminal_event_each,
     run_scenario,
 )
-from tests.servers import NatsServer, S3Server, StaticHTTPServer, start_nats
+from tests.servers import NatsServer, S3Server, StaticHTTPServer
 from tests.system import STAGE_SERVICES, System
 
 pytestmark = pytest.mark.faults
@@ -61,19 +61,12 @@ def kill(system: System, service: str) -> None:
 
 
 @pytest.fixture
-def nats_server_of_its_own(tmp_path: Path):
-    server = start_nats(tmp_path / "nats")
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def make_system(nats_server_of_its_own: NatsServer, s3_server: S3Server, model_dir: Path, tmp_path: Path):
+def make_system(own_nats: NatsServer, s3_server: S3Server, model_dir: Path, tmp_path: Path):
     """make_system(**env) -> a System on the test's own NATS, stopped at teardown."""
     made: list[System] = []
 
     def make(**env: str) -> System:
-        made.append(System(nats_server_of_its_own.url, tmp_path / "logs", system_env(
+        made.append(System(own_nats.url, tmp_path / "logs", system_env(
             s3_server, model_dir, **{**FAULT_ENV, **env})))  # fmt: skip
         return made[-1]
 

@@ -1,24 +1,15 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from shared.config import Settings
 from shared.nats import Topology, connect, declare
-from tests.servers import NatsServer, start_nats
+from tests.servers import NatsServer
 
 
 @pytest.fixture
-def fresh_nats(tmp_path: Path):
-    server = start_nats(tmp_path / "nats")
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def settings(fresh_nats: NatsServer) -> Settings:
-    return Settings(nats_url=fresh_nats.url, ack_wait_s=5, max_retries=2, retry_base_delay_s=0.05, concurrency=1)
+def settings(own_nats: NatsServer) -> Settings:
+    return Settings(nats_url=own_nats.url, ack_wait_s=5, max_retries=2, retry_base_delay_s=0.05, concurrency=1)
 
 
 @pytest.fixture

@@ -242,3 +242,23 @@ async def test_a_redelivered_message_of_a_finished_stage_does_not_run_again(
     assert await queued(topology) == {"tm.work.p5.classify.twice": 1}
     status = await store.get("twice")
     assert status is not None and status.subtask(Stage.FETCH).attempts == 1
+
+
+async def test_a_redelivery_republishes_the_event_its_worker_died_before_publishing(
+    topology: Topology, settings: Settings
+) -> None:
+    store = await queue_task(topology, "ended")
+    # The worker wrote the terminal state, then died before publishing the event (simulated: the
+    # state is written directly, no event goes out); its message is then redelivered.
+    status, revision = await store.get_with_revision("ended")  # type: ignore[misc]
+    status.succeed({"ok": True})
+    await topology.tasks.update("ended", status.to_json(), last=revision)
+    events = await topology.nc.subscribe(EVENTS_SUBJECTS)
+
+    async def handle(job: Job) -> TaskMessage:
+        raise AssertionError("must not run")
+
+    await run_until(topology, settings, handle, lambda r: r.counters.dropped == 1)
+    event = await events.next_msg(timeout=5)
+    assert event.subject == "task.events.image_super_resolution_pipeline.success"
+    assert json.loads(event.data)["task_id"] == "ended"
