@@ -5,7 +5,7 @@
     python bench/load.py --tasks 2000 --rate 0                 # as fast as the API takes them
     python bench/load.py --compare                             # rate 20; max x 1 proc/stage; max x 2
     python bench/load.py --tasks 2000 --rate 0 --profile /tmp/prof   # + py-spy on every service
-    python bench/load.py --tasks 1500 --rate 0 --variants "none;blobs-direct"  # a proposal, measured
+    python bench/load.py --tasks 1500 --rate 0 --variants "none;blobs-kv"  # a proposal, measured
 
 Each run starts its own nats-server (temp store), an HTTP sink serving a tiny real PNG (and taking
 PUTs), the API and the four stages as `python -m services.<name>` with an empty TM_MODEL_DIR (the
@@ -312,7 +312,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--variants",
         default=None,
-        help="';'-separated what-if sets, one run each, same load (e.g. 'none;uvloop,async-dep;blobs-kv')",
+        help="';'-separated what-if sets, one run each, same load (e.g. 'none;blobs-kv;quiet-logs')",
     )
     parser.add_argument("--site", default=None, metavar="DIR", help="extra packages for the services (uvloop)")
     parser.add_argument("--env", action="append", default=[], metavar="K=V", help="extra service environment")

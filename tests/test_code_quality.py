@@ -16,7 +16,7 @@ def tool(name: str) -> str:
     beside = Path(sys.executable).parent / name
     found = str(beside) if beside.exists() else shutil.which(name)
     if found is None:
-        pytest.skip(f"{name} is not installed (pip install -e .[test])")
+        pytest.skip(reason=f"{name} is not installed (pip install -e .[test])")
     return found
 
 

@@ -21,7 +21,7 @@ def shared_image(name: str) -> Image.Image:
     """An image from the project's shared/images (see its README.md); skips the test when it is absent."""
     path = SHARED_IMAGES / name
     if not path.is_file():
-        pytest.skip(f"{path} is absent: shared/images is not checked out beside the repository")
+        pytest.skip(reason=f"{path} is absent: shared/images is not checked out beside the repository")
     return Image.open(path)
 
 

@@ -80,7 +80,7 @@ async def test_a_connect_timeout_is_retried_and_names_its_limit() -> None:
             probe.settimeout(0.2)
             try:
                 probe.connect(listener.getsockname())
-                pytest.skip("this kernel accepts connections past a full backlog")
+                pytest.skip(reason="this kernel accepts connections past a full backlog")
             except TimeoutError:
                 pass
         url = f"http://127.0.0.1:{listener.getsockname()[1]}/x.png"

@@ -22,7 +22,7 @@ IMAGES = SHARED / "images"
 def shared_file(path: Path) -> Path:
     """`path` under /work/shared, or a clean skip when the shared data is not there."""
     if not path.is_file():
-        pytest.skip(f"shared test data not available: {path}")
+        pytest.skip(reason=f"shared test data not available: {path}")
     return path
 
 

@@ -219,7 +219,7 @@ def test_output_is_never_materialised_in_float() -> None:
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     if "clear_refs" in result.stderr:
-        pytest.skip("this kernel cannot reset the peak RSS (/proc/self/clear_refs)")
+        pytest.skip(reason="this kernel cannot reset the peak RSS (/proc/self/clear_refs)")
     assert result.returncode == 0, result.stderr
     growth_mib, output_mib = map(int, result.stdout.split())
     assert output_mib == 137
