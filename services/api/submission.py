@@ -12,11 +12,12 @@ from urllib.parse import urlsplit
 from pydantic import ValidationError
 
 from services.api.schemas import SubmitTaskRequest
-from services.uploader.destinations import parse_destination
+from services.uploader.destinations import HttpPut, LocalFile, parse_destination
 from services.upscaler.options import validate_options
 from shared.errors import InputError
 from shared.images import OUTPUT_FORMATS, format_for_path
 from shared.messages import TASK_NAME, UpscaleOptions
+from shared.netguard import AddressPolicy
 
 INPUT_SCHEMES = ("http", "https", "s3", "file")
 KNOWN_TASKS = (TASK_NAME,)
@@ -70,7 +71,26 @@ def _check_options(kwargs: dict[str, Any], output_url: str) -> UpscaleOptions:
     return options
 
 
-def validate_submission(request: SubmitTaskRequest, s3_endpoint: str | None) -> tuple[str, str, UpscaleOptions]:
+def _check_reachable(url: str, index: int, role: str, policy: AddressPolicy | None) -> None:
+    """Refuse now what the fetcher/uploader would refuse anyway without a DNS lookup (a literal
+    private address, a loopback name, file:// where private networks are closed): a 400 at once
+    instead of a task that fails later. Names are still checked where they are connected to."""
+    if policy is None:
+        return
+    scheme = urlsplit(url).scheme.lower()
+    if scheme == "file" and not policy.allow_private:
+        closed = "TM_FETCH_ALLOW_PRIVATE_NETWORKS is off"
+        raise SubmissionError(f"args[{index}]: file:// {role} URLs are not allowed here ({closed})")
+    if scheme in ("http", "https"):
+        try:
+            policy.check_url(url, role)
+        except InputError as exc:
+            raise SubmissionError(f"args[{index}]: {exc}") from exc
+
+
+def validate_submission(
+    request: SubmitTaskRequest, s3_endpoint: str | None, policy: AddressPolicy | None = None
+) -> tuple[str, str, UpscaleOptions]:
     """Return (input_url, output_url, options) or raise SubmissionError."""
     if request.task_name not in KNOWN_TASKS:
         raise SubmissionError(f"task_name: unknown task {request.task_name!r}; known: {', '.join(KNOWN_TASKS)}")
@@ -78,4 +98,7 @@ def validate_submission(request: SubmitTaskRequest, s3_endpoint: str | None) -> 
         raise SubmissionError(f"args: expected [input_url, output_url], got {len(request.args)} item(s)")
     input_url = _check_input_url(request.args[0])
     output_url = _check_output_url(request.args[1], s3_endpoint)
+    _check_reachable(input_url, 0, "input", policy)
+    if isinstance(parse_destination(output_url, s3_endpoint=s3_endpoint), HttpPut | LocalFile):
+        _check_reachable(output_url, 1, "output", policy)
     return input_url, output_url, _check_options(request.kwargs, output_url)

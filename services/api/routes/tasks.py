@@ -21,6 +21,7 @@ from services.api.deps import ContextDep
 from services.api.schemas import SubmitTaskRequest, SubmitTaskResponse, error
 from services.api.submission import SubmissionError, validate_submission
 from shared.messages import PIPELINE, TASKS_BUCKET, TaskMessage, work_subject
+from shared.netguard import AddressPolicy
 from shared.state import TaskStatus
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
@@ -102,7 +103,8 @@ async def submit_task(
 ) -> Any:
     """Submit a new task for processing."""
     try:
-        input_url, output_url, options = validate_submission(body, _s3_endpoint())
+        policy = AddressPolicy.from_settings(ctx.settings, s3_endpoint=_s3_endpoint())
+        input_url, output_url, options = validate_submission(body, _s3_endpoint(), policy)
     except SubmissionError as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
     task_id = str(uuid.uuid4())
