@@ -21,6 +21,8 @@ import anyio
 import httpcore
 import httpx
 
+from shared.config import Settings
+from shared.egress import s3_endpoint
 from shared.errors import InputError
 from shared.netguard import AddressPolicy, AddressRefusedError, IPAddress, literal_address
 
@@ -123,6 +125,14 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
             keepalive_expiry=limits.keepalive_expiry,
             network_backend=backend,
         )
+
+
+def task_client(settings: Settings, role: str) -> tuple[AddressPolicy, httpx.AsyncClient]:
+    """The address policy from the settings and a guarded client with the fetch timeouts, for a
+    stage that reads (role "input") or writes ("output") the URLs of tasks."""
+    policy = AddressPolicy.from_settings(settings, s3_endpoint=s3_endpoint())
+    timeout = httpx.Timeout(settings.fetch_timeout_s, connect=settings.fetch_connect_timeout_s)
+    return policy, guarded_client(policy, role=role, timeout=timeout)
 
 
 def guarded_client(

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import nats
 
-from shared.messages import EVENTS_SUBJECTS, WORKERS_BUCKET
+from shared.messages import EVENTS_SUBJECTS, PRIORITIES, WORKERS_BUCKET, work_stream
 
 STAGE_SERVICES = ("fetcher", "classifier", "upscaler", "uploader")
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,3 +171,13 @@ async def wait_terminal(nats_url: str, task_ids: list[str], timeout_s: float = 6
     finally:
         await nc.close()
     return found
+
+
+async def queued_messages(nats_url: str) -> int:
+    """Messages stored in all the work queues (every priority stream)."""
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        return sum([(await js.stream_info(work_stream(p))).state.messages for p in PRIORITIES])
+    finally:
+        await nc.close()

@@ -5,24 +5,19 @@ from __future__ import annotations
 import asyncio
 
 import aioboto3
-import httpx
 
 from services.fetcher.sources import read_input
 from shared.blobs import write_blob
 from shared.config import Settings
-from shared.egress import s3_endpoint
 from shared.images import open_image
 from shared.messages import TaskMessage, input_object
 from shared.nats import Topology
-from shared.netguard import AddressPolicy
 from shared.stage import Handler, Job
-from shared.transport import guarded_client
+from shared.transport import task_client
 
 
 async def make_handler(topology: Topology, settings: Settings) -> Handler:
-    policy = AddressPolicy.from_settings(settings, s3_endpoint=s3_endpoint())
-    timeout = httpx.Timeout(settings.fetch_timeout_s, connect=settings.fetch_connect_timeout_s)
-    http = guarded_client(policy, role="input", timeout=timeout)
+    policy, http = task_client(settings, role="input")
     s3_session = aioboto3.Session()
 
     async def handle(job: Job) -> TaskMessage:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import aioboto3
-import httpx
 
 from services.uploader.redelivery import already_delivered
 from services.uploader.s3 import write_output
@@ -13,9 +12,8 @@ from shared.egress import s3_endpoint
 from shared.images import OUTPUT_FORMATS, output_format
 from shared.messages import TaskMessage, output_object
 from shared.nats import Topology
-from shared.netguard import AddressPolicy
 from shared.stage import Handler, Job
-from shared.transport import guarded_client
+from shared.transport import task_client
 
 
 def task_result(task: TaskMessage) -> dict:
@@ -33,9 +31,7 @@ def task_result(task: TaskMessage) -> dict:
 
 
 async def make_handler(topology: Topology, settings: Settings) -> Handler:
-    policy = AddressPolicy.from_settings(settings, s3_endpoint=s3_endpoint())
-    timeout = httpx.Timeout(settings.fetch_timeout_s, connect=settings.fetch_connect_timeout_s)
-    http = guarded_client(policy, role="output", timeout=timeout)
+    policy, http = task_client(settings, role="output")
     s3_session = aioboto3.Session()
 
     async def handle(job: Job) -> None:

@@ -6,12 +6,10 @@ import asyncio
 import time
 
 import httpx
-import nats
 import pytest
 
-from shared.messages import PRIORITIES, work_stream
 from tests.api.conftest import SUBMISSION
-from tests.system import System
+from tests.system import System, queued_messages
 
 BURST, EXTRA = 5, 7
 
@@ -83,15 +81,6 @@ async def test_reads_and_writes_are_limited_on_every_api_route(api_system: Syste
             assert (await api.get(path)).status_code == 200
 
 
-async def _stored_messages(nats_url: str) -> int:
-    nc = await nats.connect(nats_url)
-    try:
-        js = nc.jetstream()
-        return sum([(await js.stream_info(work_stream(p))).state.messages for p in PRIORITIES])
-    finally:
-        await nc.close()
-
-
 @pytest.mark.system_env(TM_MAX_QUEUE_DEPTH="4", TM_RATE_LIMIT_PER_S="1000", TM_RATE_LIMIT_BURST="1000")
 async def test_submissions_past_the_queue_depth_are_429(api_system: System) -> None:
     # No stage service runs, so every accepted task stays queued.
@@ -101,13 +90,13 @@ async def test_submissions_past_the_queue_depth_are_429(api_system: System) -> N
             response = await api.post("/api/v1/tasks", json={**SUBMISSION, "priority": priority})
             assert response.status_code == 202, response.text
             accepted.append(response.json()["task_id"])
-        assert await _stored_messages(api_system.nats_url) == 4
+        assert await queued_messages(api_system.nats_url) == 4
 
         refused = await api.post("/api/v1/tasks", json=SUBMISSION)
         assert refused.status_code == 429
         assert int(refused.headers["retry-after"]) >= 1
         assert "queue" in refused.json()["detail"]
-        assert await _stored_messages(api_system.nats_url) == 4  # nothing was queued
+        assert await queued_messages(api_system.nats_url) == 4  # nothing was queued
         assert (await api.get(f"/api/v1/tasks/{accepted[0]}")).status_code == 200  # reads are not refused
 
         # Room again once a task leaves its queue (the depth is re-read from the streams within a second).
@@ -116,4 +105,4 @@ async def test_submissions_past_the_queue_depth_are_429(api_system: System) -> N
             while (response := await api.post("/api/v1/tasks", json=SUBMISSION)).status_code == 429:
                 await asyncio.sleep(0.1)  # time-based: the next stream read is what the test waits for
         assert response.status_code == 202
-        assert await _stored_messages(api_system.nats_url) == 4
+        assert await queued_messages(api_system.nats_url) == 4

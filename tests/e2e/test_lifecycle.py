@@ -9,22 +9,13 @@ import httpx
 import nats
 import pytest
 
-from shared.messages import PRIORITIES, TASKS_BUCKET, work_stream
+from shared.messages import TASKS_BUCKET
 from tests.e2e.images import photo
 from tests.e2e.test_isolated import submit_many, wait_stage_done
 from tests.servers import S3Server, StaticHTTPServer
-from tests.system import System, wait_terminal
+from tests.system import System, queued_messages, wait_terminal
 
 TASK = "image_super_resolution_pipeline"
-
-
-async def queued_messages(nats_url: str) -> int:
-    nc = await nats.connect(nats_url)
-    try:
-        js = nc.jetstream()
-        return sum([(await js.stream_info(work_stream(p))).state.messages for p in PRIORITIES])
-    finally:
-        await nc.close()
 
 
 async def wait_for_state(nats_url: str, task_id: str, predicate, timeout_s: float = 60) -> dict:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
@@ -20,6 +19,7 @@ from services.api.backpressure import queue_room
 from services.api.deps import ContextDep
 from services.api.schemas import SubmitTaskRequest, SubmitTaskResponse, error
 from services.api.submission import SubmissionError, validate_submission
+from shared.egress import s3_endpoint
 from shared.messages import PIPELINE, TASKS_BUCKET, TaskMessage, work_subject
 from shared.netguard import AddressPolicy
 from shared.state import TaskStatus
@@ -41,10 +41,6 @@ TASK_ERRORS: dict[int | str, dict[str, Any]] = {
     404: error("Task ID not found"),
     503: error("NATS unreachable"),
 }
-
-
-def _s3_endpoint() -> str | None:
-    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 
 
 async def _through_failover(step: Callable[[], Awaitable[object]]) -> None:
@@ -103,8 +99,8 @@ async def submit_task(
 ) -> Any:
     """Submit a new task for processing."""
     try:
-        policy = AddressPolicy.from_settings(ctx.settings, s3_endpoint=_s3_endpoint())
-        input_url, output_url, options = validate_submission(body, _s3_endpoint(), policy)
+        policy = AddressPolicy.from_settings(ctx.settings, s3_endpoint=s3_endpoint())
+        input_url, output_url, options = validate_submission(body, s3_endpoint(), policy)
     except SubmissionError as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
     task_id = str(uuid.uuid4())
