@@ -4,7 +4,7 @@
 # Builds /tmp/v from this repository: with the machine's own CUDA torch when python3 has one (GPU images are
 # often offline), else torch numpy pillow scikit-image from the index. Then prints one table (naive vs
 # optimised MP/s, ratio, peak GPU memory, GPU utilisation from nvidia-smi samples) and RealESRGAN_x4plus
-# frames/s at 1920x1080, and runs the CUDA-only tests when the project's dependencies are installable.
+# frames/s at 1920x1080, then small images one by one vs sharing batches (bench/batching.py), and runs the CUDA-only tests when the project's dependencies are installable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -25,7 +25,8 @@ fi
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 /tmp/v/bin/python -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
-timeout 400 /tmp/v/bin/python bench/upscale.py --device cuda --x4plus-naive "$@"
+timeout 330 /tmp/v/bin/python bench/upscale.py --device cuda --x4plus-naive "$@"
+timeout 90 /tmp/v/bin/python bench/batching.py --device cuda
 
 if /tmp/v/bin/python -c 'import pydantic_settings, nats, pytest' 2>/dev/null; then
   timeout 120 /tmp/v/bin/python -m pytest tests/upscaler/test_gpu.py -q -p no:cacheprovider

@@ -3,7 +3,8 @@
 Routing: `options.model` when given (its weights must be installed), else `catalog.ROUTES[category]`; a routed
 model whose weights are missing degrades to a Lanczos resize, labelled as such in `model_used`.
 Pictures (`services.upscaler.picture`) keep 16-bit data and alpha; `upscale` also takes a Pillow image.
-The network runs through `inference.TileRunner` (tiles, batches, fp16 with fp32 fallback, OOM splitting);
+The network runs through `batcher.TileBatcher` (tiles, batches shared by the images of concurrent callers,
+fp16 with fp32 fallback, OOM splitting), which owns the device from one thread;
 `outscale` then resizes with Lanczos, as RealESRGANer does (Pillow's Lanczos-3, where it uses OpenCV's
 Lanczos-4), to int(size * outscale) pixels.
 """
@@ -11,6 +12,7 @@ Lanczos-4), to int(size * outscale) pixels.
 from __future__ import annotations
 
 import functools
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from torch import nn
 
 from services.upscaler import catalog, memory, weights
 from services.upscaler.alpha import RESIZE
+from services.upscaler.batcher import TileBatcher
 from services.upscaler.inference import Job, Network, Stats, TileRunner
 from services.upscaler.options import DEFAULT_ALPHA_MODE, check_output_size, validate_options
 from services.upscaler.picture import Picture, from_pil
@@ -108,6 +111,8 @@ class Upscaler:
         self.compile = compile
         self.stats = Stats()
         self._runner = TileRunner(self._device, self.stats, channels_last=self.channels_last)
+        self._batcher = TileBatcher(self._runner)
+        self._preparing = threading.RLock()  # model loads and sizing probes, one caller at a time
         self._prepared_nets: OrderedDict[int, tuple[nn.Module, nn.Module]] = OrderedDict()
         if cuda:
             torch.backends.cudnn.benchmark = True  # tiles of one image share a shape; autotune it once
@@ -158,11 +163,16 @@ class Upscaler:
         category: Category,
         options: UpscaleOptions,
         progress: Callable[[float], None] | None = None,
+        *,
+        priority: int = 0,
+        cancel: threading.Event | None = None,
     ) -> UpscaleResult:
         """Upscale `picture` with the model for `category` (or `options.model`), keeping mode and bit depth.
 
+        Safe to call from several threads at once: their tiles share batches, highest `priority` first.
         Raises InputError for bad options, ConfigurationError when an explicitly requested model is not
-        installed. Exceptions raised by `progress` propagate (that is how to abort).
+        installed. Exceptions raised by `progress` propagate (that is how to abort), as does
+        `plan.Cancelled` once `cancel` is set.
         """
         try:
             validate_options(options)
@@ -184,13 +194,27 @@ class Upscaler:
             label = f"lanczos (fallback: {missing[0]} weights not installed)"
             return UpscaleResult(resized, label, fallback=True, device=self.device)
 
+        with self._preparing:
+            network, job = self._prepare(picture, name, denoise, options)
+        pixels = self._batcher.run(picture.pixels, network, job, progress, priority=priority, cancel=cancel)
+        out = picture.with_pixels(pixels)
+        if options.outscale is not None and options.outscale != network.scale:
+            out = out.resized(scaled_size(picture.size, options.outscale))
+        label = name if denoise is None else f"{name} (denoise_strength {denoise:g})"
+        return UpscaleResult(out, label, fallback=False, device=self.device)
+
+    def _prepare(
+        self, picture: Picture, name: str, denoise: float | None, options: UpscaleOptions
+    ) -> tuple[Network, Job]:
+        """The loaded network and how to cut `picture` for it."""
         model = weights.load_model(name, self.model_dir, self._device, self._dtype, denoise)
         fp32: Callable[[], nn.Module] | None = None
         if self._dtype != torch.float32:
 
             def fp32() -> nn.Module:
-                twin = weights.load_model(name, self.model_dir, self._device, torch.float32, denoise)
-                return self._prepared(twin.net)
+                with self._preparing:  # called from the batcher's thread
+                    twin = weights.load_model(name, self.model_dir, self._device, torch.float32, denoise)
+                    return self._prepared(twin.net)
 
         network = Network(self._prepared(model.net), model.scale, self._dtype, fp32)
         tile = self.default_tile if options.tile is None else options.tile
@@ -214,11 +238,7 @@ class Upscaler:
             batch=sizing.batch,
             alpha_mode=alpha_mode,
         )
-        out = picture.with_pixels(self._runner.run(picture.pixels, network, job, progress))
-        if options.outscale is not None and options.outscale != model.scale:
-            out = out.resized(scaled_size(picture.size, options.outscale))
-        label = name if denoise is None else f"{name} (denoise_strength {denoise:g})"
-        return UpscaleResult(out, label, fallback=False, device=self.device)
+        return network, job
 
     def _check_output_size(self, size: tuple[int, int], net_scale: int | None, outscale: float | None) -> None:
         """InputError, before any inference, when the output (or the network's, before `outscale`) is too large."""

@@ -1,16 +1,13 @@
-"""Running a network over a picture's pixels in tiles: the input stays on the host, batches of tiles go to the
-device, and the output is assembled on the host (`tiling.Canvas`).
+"""Device work for tiled inference: one batch of equal-sized windows through a network, and back.
 
 On the device each batch is converted from integers to [0, 1], alpha-premultiplied or split off, run through
 the network (fp16 and channels_last on CUDA), post-processed (alpha, grey, clamp) and quantised before it
-comes back, so only uint8/uint16 cross the bus. On CUDA the uploads and downloads run on their own stream
-from pinned buffers, one batch ahead: while the network runs batch k, batch k-1 is downloaded and pasted.
+comes back, so only uint8/uint16 cross the bus. On CUDA the uploads and downloads run on their own streams
+from pinned buffers: `submit` queues a batch and returns at once, `collect` waits for its output, so the
+caller keeps one batch in flight while the previous one is pasted (see batcher.py).
 
-Failures handled here rather than failing the task:
-- A tile whose fp16 output holds NaN or inf (Real-ESRGAN#632) is redone in fp32 (`Stats.fp16_fallbacks`).
-- Out of memory: the batch is halved; at one tile, the tile is split into quarters and each is retried,
-  recursively, as chaiNNer does (`Stats.oom_splits`); later tiles of that image go straight to quarters.
-  Quarters are joined with hard crops, each having read `tile_pad` pixels of context.
+Which tiles make a batch, and what happens to them on failure, is decided in batcher.py (across images)
+and plan.py (within one image); `TileRunner.run` is the one-image entry point.
 """
 
 from __future__ import annotations
@@ -24,10 +21,6 @@ import torch
 from torch import Tensor, nn
 
 from services.upscaler import alpha as alpha_ops
-from services.upscaler.tiling import Canvas, plan_axis
-
-Box = tuple[int, int, int, int]  # y0, y1, x0, x1 in input pixels of the padded image
-_MIN_SPLIT = 8  # input pixels: a quarter smaller than this is not tried
 
 
 @dataclass
@@ -40,6 +33,7 @@ class Stats:
     fp16_fallbacks: int = 0  # tiles redone in fp32 because the fp16 output held NaN or inf
     oom_splits: int = 0  # tiles (or quarters) split into quarters after running out of device memory
     oom_batch_halvings: int = 0
+    shared_batches: int = 0  # batches holding tiles of more than one image (tasks waiting together)
 
 
 @dataclass(frozen=True)
@@ -60,7 +54,7 @@ class Job:
     tile_pad: int = 10
     pre_pad: int = 0
     feather: int = 5  # input pixels cross-faded on each side of an inner tile edge (0: RealESRGANer's crops)
-    batch: int = 1
+    batch: int = 1  # most tiles in one forward (tiles of other images of the same shape may fill it)
     alpha_mode: str = alpha_ops.PREMULTIPLIED
 
 
@@ -97,8 +91,75 @@ class TileRunner:
     def run(
         self, pixels: np.ndarray, network: Network, job: Job, progress: Callable[[float], None] | None = None
     ) -> np.ndarray:
-        """The (H * scale) x (W * scale) x C output of `network` over `pixels` (same dtype and channels)."""
-        return _Run(self, pixels, network, job, progress).execute()
+        """The (H * scale) x (W * scale) x C output of `network` over `pixels` (same dtype and channels).
+
+        One image in the calling thread; `batcher.TileBatcher` runs several at once, batching their tiles.
+        """
+        from services.upscaler.batcher import Scheduler  # the scheduler drives this runner
+        from services.upscaler.plan import ImagePlan
+
+        scheduler = Scheduler(self)
+        plan = ImagePlan(self, pixels, network, job, progress)
+        scheduler.add(plan)
+        while scheduler.busy():
+            scheduler.step()
+        return plan.result()
+
+    def submit(
+        self, windows: list[np.ndarray], network: Network, job: Job, max_value: int, opaque: bool, pad_to: int
+    ) -> Batch:
+        """Start the forward of equal-shaped `windows`; on CUDA it returns before the output is ready.
+
+        On CUDA the batch is padded to `pad_to` windows (repeating the last) so that shapes repeat for cuDNN's
+        autotuner and torch.compile.
+        """
+        if not self._cuda:
+            raw = torch.from_numpy(np.stack(windows))
+            output, bad = self.forward(raw, network, job, max_value, False, opaque)
+            return Batch(output, bad)
+        windows = windows + [windows[-1]] * (pad_to - len(windows))
+        slot = self._submitted % 2
+        staged = self.pinned("in", slot, np.empty((len(windows), *windows[0].shape), windows[0].dtype))
+        np.stack(windows, out=staged.numpy())
+        assert self._streams is not None
+        upload, download = self._streams
+        compute = torch.cuda.current_stream(self.device)
+        # Uploads and downloads have a stream each, so batch k+1 goes up and batch k-1 comes down while the
+        # network runs batch k; events order each copy after exactly what it needs.
+        with torch.cuda.stream(upload):
+            raw = staged.to(self.device, non_blocking=True)
+            uploaded = torch.cuda.Event()
+            uploaded.record(upload)
+        compute.wait_event(uploaded)
+        raw.record_stream(compute)
+        output, bad = self.forward(raw, network, job, max_value, False, opaque)
+        computed = torch.cuda.Event()
+        computed.record(compute)
+        download.wait_event(computed)
+        with torch.cuda.stream(download):
+            host = self.pinned("out", slot, output).copy_(output, non_blocking=True)
+            host_bad = self.pinned("bad", slot, bad).copy_(bad, non_blocking=True)
+            output.record_stream(download)
+            bad.record_stream(download)
+            event = torch.cuda.Event()
+            event.record(download)
+        self._submitted += 1
+        return Batch(host, host_bad, event)
+
+    def collect(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        """Wait for a submitted batch: (B x H x W x C uint8/uint16 outputs, B flags of non-finite output)."""
+        if batch.event is not None:
+            batch.event.synchronize()
+        self.stats.batches += 1
+        return to_host(batch.output.numpy()), batch.bad.numpy()
+
+    def forward_one(
+        self, window: np.ndarray, network: Network, job: Job, max_value: int, fp32: bool, opaque: bool
+    ) -> tuple[np.ndarray, bool]:
+        """One window, synchronously: (output, whether it holds NaN or inf)."""
+        raw = torch.from_numpy(np.ascontiguousarray(window))[None].to(self.device)
+        output, bad = self.forward(raw, network, job, max_value, fp32, opaque)
+        return to_host(output.cpu().numpy())[0], bool(bad.any())
 
     # -- device work ------------------------------------------------------------------------------------------
 
@@ -172,199 +233,9 @@ def to_host(quantised: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class _Handle:
-    tiles: list[tuple[int, int]]
+class Batch:
+    """A submitted forward: its (host) output and flags, and on CUDA the event that says they are there."""
+
     output: Tensor
     bad: Tensor
-    event: Any = None  # torch.cuda.Event once the download is queued
-
-
-class _Run:
-    """One image through a TileRunner."""
-
-    def __init__(
-        self,
-        runner: TileRunner,
-        pixels: np.ndarray,
-        network: Network,
-        job: Job,
-        progress: Callable[[float], None] | None,
-    ) -> None:
-        self.runner, self.network, self.job, self.progress = runner, network, job, progress
-        self.max_value = 255 if pixels.dtype == np.uint8 else 65535
-        self.scale = network.scale
-        self.mod = {2: 2, 1: 4}.get(network.scale, 1)
-        # RealESRGANer order: reflect pre_pad right/bottom, then reflect up to the fold grid (scales 2 and 1).
-        image = _reflect_pad(pixels, job.pre_pad, job.pre_pad)
-        height, width = image.shape[:2]
-        self.image = _reflect_pad(image, -height % self.mod, -width % self.mod)
-        self.pad = -(-job.tile_pad // self.mod) * self.mod
-        full_h, full_w = self.image.shape[:2]
-        self.rows = plan_axis(full_h, job.tile[0], job.tile_pad, job.feather, mod=self.mod)
-        self.cols = plan_axis(full_w, job.tile[1], job.tile_pad, job.feather, mod=self.mod)
-        out_h, out_w = pixels.shape[0] * self.scale, pixels.shape[1] * self.scale
-        self.canvas = Canvas(self.rows, self.cols, self.scale, out_h, out_w, pixels.shape[2], pixels.dtype.type)
-        self.total = len(self.rows) * len(self.cols)
-        self.done = 0
-
-    def execute(self) -> np.ndarray:
-        order = [(r, c) for r in range(len(self.rows)) for c in range(len(self.cols))]
-        batch = max(1, self.job.batch)
-        index, pending, split = 0, None, False
-        while index < len(order) or pending is not None:
-            current = None
-            if index < len(order) and not split:
-                group = order[index : index + batch]
-                try:
-                    current = self._submit(group, batch)
-                    index += len(group)
-                except Exception as exc:
-                    if not is_out_of_memory(exc):
-                        raise
-                    self.runner.release()
-                    if batch > 1:
-                        batch = max(1, batch // 2)
-                        self.runner.stats.oom_batch_halvings += 1
-                        continue
-                    split = True
-            if pending is not None:
-                self._finish(pending)
-                pending = None
-            if current is not None:
-                pending = current
-            elif split and index < len(order):
-                row, col = order[index]
-                self._paste(row, col, self._solve(self._keep(row, col), None, fp32=False))
-                self._report()
-                index += 1
-        self.runner.stats.images += 1
-        return self.canvas.pixels
-
-    # -- batches --------------------------------------------------------------------------------------------
-
-    def _window(self, row: int, col: int) -> np.ndarray:
-        (y0, y1), (x0, x1) = self.rows[row].window, self.cols[col].window
-        return self.image[y0:y1, x0:x1]
-
-    def _opaque(self, window: np.ndarray) -> bool:
-        return window.shape[2] in (2, 4) and bool((window[:, :, -1] == self.max_value).all())
-
-    def _keep(self, row: int, col: int) -> Box:
-        ys, xs = self.rows[row], self.cols[col]
-        return ys.keep[0], ys.keep[1], xs.keep[0], xs.keep[1]
-
-    def _submit(self, tiles: list[tuple[int, int]], batch: int) -> _Handle:
-        runner = self.runner
-        windows = [self._window(r, c) for r, c in tiles]
-        opaque = all(self._opaque(w) for w in windows)
-        if not runner._cuda:
-            raw = torch.from_numpy(np.stack(windows))
-            output, bad = runner.forward(raw, self.network, self.job, self.max_value, False, opaque)
-            return _Handle(tiles, output, bad)
-        # Same batch shape every time (cuDNN autotuning, torch.compile): the last batch repeats its last tile.
-        windows += [windows[-1]] * (batch - len(windows))
-        slot = runner._submitted % 2
-        staged = runner.pinned("in", slot, np.empty((len(windows), *windows[0].shape), windows[0].dtype))
-        np.stack(windows, out=staged.numpy())
-        assert runner._streams is not None
-        upload, download = runner._streams
-        compute = torch.cuda.current_stream(runner.device)
-        # Uploads and downloads have a stream each, so batch k+1 goes up and batch k-1 comes down while the
-        # network runs batch k; events order each copy after exactly what it needs.
-        with torch.cuda.stream(upload):
-            raw = staged.to(runner.device, non_blocking=True)
-            uploaded = torch.cuda.Event()
-            uploaded.record(upload)
-        compute.wait_event(uploaded)
-        raw.record_stream(compute)
-        output, bad = runner.forward(raw, self.network, self.job, self.max_value, False, opaque)
-        computed = torch.cuda.Event()
-        computed.record(compute)
-        download.wait_event(computed)
-        with torch.cuda.stream(download):
-            host = runner.pinned("out", slot, output).copy_(output, non_blocking=True)
-            host_bad = runner.pinned("bad", slot, bad).copy_(bad, non_blocking=True)
-            output.record_stream(download)
-            bad.record_stream(download)
-            event = torch.cuda.Event()
-            event.record(download)
-        runner._submitted += 1
-        return _Handle(tiles, host, host_bad, event)
-
-    def _finish(self, handle: _Handle) -> None:
-        if handle.event is not None:
-            handle.event.synchronize()
-        outputs = to_host(handle.output.numpy())
-        bad = handle.bad.numpy()
-        self.runner.stats.batches += 1
-        for i, (row, col) in enumerate(handle.tiles):
-            keep = self._keep(row, col)
-            if bad[i] and self.network.fp32 is not None:
-                self.runner.stats.fp16_fallbacks += 1
-                window = (*self.rows[row].window, *self.cols[col].window)
-                tile = self._solve(keep, window, fp32=True)
-            else:
-                tile = self._crop(outputs[i], keep, self.rows[row].window[0], self.cols[col].window[0])
-            self._paste(row, col, tile)
-        self._report()
-
-    def _paste(self, row: int, col: int, tile: np.ndarray) -> None:
-        self.canvas.paste(row, col, tile)
-        self.runner.stats.tiles += 1
-        self.done += 1
-
-    def _report(self) -> None:
-        """Progress once per batch (or split tile); an exception from the callback aborts the run."""
-        if self.progress is not None:
-            self.progress(self.done / self.total)
-
-    def _crop(self, output: np.ndarray, keep: Box, wy0: int, wx0: int) -> np.ndarray:
-        s = self.scale
-        y0, y1, x0, x1 = keep
-        return output[(y0 - wy0) * s : (y1 - wy0) * s, (x0 - wx0) * s : (x1 - wx0) * s]
-
-    # -- one box at a time, splitting on out-of-memory ----------------------------------------------------------
-
-    def _solve(self, keep: Box, window: Box | None, fp32: bool) -> np.ndarray:
-        """The output of `keep` computed alone (from `window`, else keep +- tile_pad), quartered on OOM."""
-        y0, y1, x0, x1 = keep
-        if window is None:
-            height, width = self.image.shape[:2]
-            window = (*self._around(y0, y1, height), *self._around(x0, x1, width))
-        wy0, wy1, wx0, wx1 = window
-        runner = self.runner
-        window_pixels = self.image[wy0:wy1, wx0:wx1]
-        opaque = self._opaque(window_pixels)
-        try:
-            raw = torch.from_numpy(np.ascontiguousarray(window_pixels))[None].to(runner.device)
-            output, bad = runner.forward(raw, self.network, self.job, self.max_value, fp32, opaque)
-            if bool(bad.any()) and not fp32 and self.network.fp32 is not None:
-                runner.stats.fp16_fallbacks += 1
-                output, bad = runner.forward(raw, self.network, self.job, self.max_value, True, opaque)
-            return self._crop(to_host(output.cpu().numpy())[0], keep, wy0, wx0)
-        except Exception as exc:
-            if not is_out_of_memory(exc):
-                raise
-            runner.release()
-            ys, xs = self._halves(y0, y1), self._halves(x0, x1)
-            if len(ys) * len(xs) == 1:
-                raise
-            runner.stats.oom_splits += 1
-        s = self.scale
-        result = np.empty(((y1 - y0) * s, (x1 - x0) * s, self.canvas.pixels.shape[2]), self.canvas.pixels.dtype)
-        for qy0, qy1 in ys:
-            for qx0, qx1 in xs:
-                part = self._solve((qy0, qy1, qx0, qx1), None, fp32)
-                result[(qy0 - y0) * s : (qy1 - y0) * s, (qx0 - x0) * s : (qx1 - x0) * s] = part
-        return result
-
-    def _around(self, start: int, end: int, length: int) -> tuple[int, int]:
-        """[start - pad, end + pad) widened to the fold grid and clipped to the image."""
-        low = max(0, (start - self.pad) // self.mod * self.mod)
-        return low, min(length, -(-(end + self.pad) // self.mod) * self.mod)
-
-    def _halves(self, start: int, end: int) -> list[tuple[int, int]]:
-        middle = (start + end) // 2 // self.mod * self.mod
-        if end - start < 2 * _MIN_SPLIT or not start < middle < end:
-            return [(start, end)]
-        return [(start, middle), (middle, end)]
+    event: Any = None

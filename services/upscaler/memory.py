@@ -108,8 +108,7 @@ def choose(
         tiles = (tile, tile)
     if batch is None:
         window = [min(t + 2 * tile_pad, n) if t else n for t, n in zip(tiles, image_size, strict=True)]
-        # Never more tiles in a batch than the image has.
-        count = math.prod(math.ceil(n / t) if t else 1 for t, n in zip(tiles, image_size, strict=True))
+        # Not capped by this image's tile count: tiles of other images waiting may fill the batch (batcher.py).
         batch = int(budget // (per_pixel * window[0] * window[1]))
-        batch = max(1, min(batch, MAX_BATCH[kind], count))
+        batch = max(1, min(batch, MAX_BATCH[kind]))
     return Sizing(tiles, batch)

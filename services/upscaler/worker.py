@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import threading
 from typing import Any
 
 import structlog
 
 from services.upscaler import codec
 from services.upscaler.engine import Upscaler
-from services.upscaler.gate import PriorityGate
+from services.upscaler.plan import Cancelled
 from shared.blobs import read_blob, write_blob
 from shared.config import Settings
 from shared.images import open_image, output_format
@@ -28,6 +28,8 @@ class ProgressBridge:
 
     The thread never waits on NATS: it schedules an update when the previous one is done, and
     raises (aborting inference at the next tile) once an update finds the task ended or deleted.
+    `cancel` is set then too, and when the handler is cancelled, so an image still waiting for the
+    device is dropped at once.
     """
 
     def __init__(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
@@ -35,8 +37,15 @@ class ProgressBridge:
         self._loop = loop
         self._pending: Any = None
         self._ended: Exception | None = None
+        self.cancel = threading.Event()
+
+    @property
+    def ended(self) -> Exception | None:
+        """Why the task no longer wants this work (revoked, timed out, deleted), once known."""
+        return self._ended
 
     def __call__(self, fraction: float) -> None:
+        self._job.waiting_locally = False  # its tiles are running: from now on, silence means a stall
         if self._ended is not None:
             raise self._ended
         if self._pending is None or self._pending.done():
@@ -47,6 +56,7 @@ class ProgressBridge:
             await self._job.report_progress(fraction)
         except (TaskFinishedError, TaskGoneError) as exc:
             self._ended = exc
+            self.cancel.set()
         except Exception as exc:  # progress is best effort; the work goes on
             log.warning("progress_update_failed", error=str(exc))
 
@@ -60,24 +70,34 @@ async def make_handler(topology: Topology, settings: Settings, upscaler: Upscale
         max_output_pixels=settings.max_output_pixels,
     )
     formats, max_pixels = settings.accepted_formats(), settings.max_input_pixels
-    gate = PriorityGate()
     loop = asyncio.get_running_loop()
 
-    def run(data: bytes, category: Category, task: TaskMessage, progress: Callable[[float], None]):
+    def run(data: bytes, category: Category, task: TaskMessage, progress: ProgressBridge):
         open_image(data, load=False, max_pixels=max_pixels, formats=formats)  # format and size, before decoding
         picture = codec.decode(data)  # keeps 16-bit PNGs 16-bit, alpha, EXIF orientation, ICC profile
-        result = engine.upscale_picture(picture, category, task.options, progress=progress)
+        try:
+            result = engine.upscale_picture(
+                picture, category, task.options, progress, priority=task.priority, cancel=progress.cancel
+            )
+        except Cancelled:
+            if progress.ended is not None:
+                raise progress.ended from None  # revoked or deleted while waiting: dropped, not retried
+            raise
         return result, codec.encode(result.picture, output_format(task.options.output_format, task.output_url))
 
     async def handle(job: Job) -> TaskMessage:
         task = job.task
         data = await read_blob(topology.js, input_object(task.task_id))
         category = task.classification.category if task.classification else Category.PHOTO
+        # Decoding overlaps other tasks' inference; the engine's batcher then runs the tiles of every task
+        # held here, sharing batches between them, highest priority first.
         job.waiting_locally = True
-        async with gate.hold(task.priority):
-            job.waiting_locally = False
-            job.touch()
-            result, encoded = await asyncio.to_thread(run, data, category, task, ProgressBridge(job, loop))
+        bridge = ProgressBridge(job, loop)
+        try:
+            result, encoded = await asyncio.to_thread(run, data, category, task, bridge)
+        except asyncio.CancelledError:
+            bridge.cancel.set()  # stalled or shutting down: free the device of this image
+            raise
         await write_blob(topology.blobs, output_object(task.task_id), encoded)
         return task.model_copy(
             update={
