@@ -1,6 +1,6 @@
 """Session-wide real servers: NATS JetStream, S3 (SeaweedFS) and a static HTTP server.
 
-The machinery lives in tests/servers.py; each fixture here starts one server and stops it at the
+The machinery lives in tests/servers/; each fixture here starts one server and stops it at the
 end of the session, whatever the tests did.
 """
 

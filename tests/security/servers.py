@@ -1,6 +1,6 @@
 """A loopback HTTP server for hostile-input tests: absolute redirects, slow-loris bodies, served bytes.
 
-tests/servers.py's StaticHTTPServer only redirects to its own paths and listens on 127.0.0.1; these
+tests/servers/http.py's StaticHTTPServer only redirects to its own paths and listens on 127.0.0.1; these
 tests also need a redirect to anywhere (169.254.169.254), a body that trickles in forever and a
 server on another loopback address (127.0.0.2), so that one address can be allowlisted while
 127.0.0.1 stays refused.
