@@ -133,6 +133,7 @@ class Upscaler:
             "tiles": self.stats.tiles,
             "fp16_fallbacks": self.stats.fp16_fallbacks,
             "oom_splits": self.stats.oom_splits,
+            "shared_batches": self.stats.shared_batches,
         }
         if self._device.type == "cuda":
             free, total = torch.cuda.mem_get_info(self._device)
