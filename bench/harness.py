@@ -73,6 +73,7 @@ class Harness:
     env: dict[str, str] = field(default_factory=dict)  # extra environment of the services
     whatif: tuple[str, ...] = ()  # patches from bench/whatif/sitecustomize.py
     site: str | None = None  # a directory with extra packages for the services (uvloop, httptools)
+    stage_procs: dict[str, int] = field(default_factory=dict)  # processes of one stage, overriding procs_per_stage
     nats: NatsServer | None = None
     monitor_url: str = ""
     api_url: str = ""
@@ -118,7 +119,7 @@ class Harness:
             env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in [os.environ.get("PYTHONPATH")] if p])
         self._spawn("api", "api", env)
         for service in STAGE_SERVICES:
-            for index in range(1, self.procs_per_stage + 1):
+            for index in range(1, self.stage_procs.get(service, self.procs_per_stage) + 1):
                 self._spawn(f"{service}-{index}", service, env)
         await asyncio.gather(self._wait_stages(), self._wait_api())
 

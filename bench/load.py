@@ -160,7 +160,13 @@ async def run(config: RunConfig) -> RunResult:
     profiler = Profiler(config.profile_dir / label) if config.profile_dir else None  # fails early without py-spy
     workdir = Path(tempfile.mkdtemp(prefix="tm-bench-"))
     harness = Harness(
-        workdir, config.procs_per_stage, config.concurrency, config.env, whatif=config.whatif, site=config.site
+        workdir,
+        config.procs_per_stage,
+        config.concurrency,
+        env=config.env,
+        whatif=config.whatif,
+        site=config.site,
+        stage_procs=config.stage_procs,
     )
     try:
         await harness.start(tiny_png(config.image_px))

@@ -28,6 +28,7 @@ class RunConfig:
     rate: float  # tasks/s offered; 0: as fast as the API answers (MAX_INFLIGHT_POSTS at a time)
     procs_per_stage: int = 1
     concurrency: int | None = None  # TM_CONCURRENCY; None: the services' default
+    stage_procs: dict[str, int] = field(default_factory=dict)  # e.g. {"classifier": 3}: overrides procs_per_stage
     image_px: int = 16
     input: str = "http"  # http: GET from the sink; file: file:// path
     output: str = "file"  # file: file:// into the temp dir; http: PUT to the sink

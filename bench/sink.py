@@ -6,12 +6,17 @@ line. HTTP/1.1 keep-alive, unlike tests/servers.py's HTTP/1.0 server, so the fet
 reuse their connections as they would with a real object store or CDN.
 
     python bench/sink.py FILE   # serves FILE's bytes at every GET path; prints "port <N>" when ready
+
+BENCH_SINK_DELAY_MS in the environment delays every GET by that much (a remote origin's latency:
+bench/scale.py uses it to make the fetcher an I/O-bound stage).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -24,6 +29,8 @@ class _Sink(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
+        if self.server.delay_s:
+            time.sleep(self.server.delay_s)  # the latency under test; each request has its own thread
         self._reply(self.server.body, "image/png")
 
     def do_PUT(self) -> None:
@@ -52,6 +59,7 @@ class _SinkServer(ThreadingHTTPServer):
     def __init__(self, body: bytes) -> None:
         super().__init__(("127.0.0.1", 0), _Sink)
         self.body = body
+        self.delay_s = float(os.environ.get("BENCH_SINK_DELAY_MS") or 0) / 1000
         self.puts = 0
         self.lock = threading.Lock()
 

@@ -60,9 +60,18 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)
-    metrics_port: int = Field(default=0, ge=0, le=65535)  # stage services' own /metrics; 0: off
+    # Each stage process's own /metrics (shared/metrics.py). 0: an ephemeral free port, so many instances
+    # on one host never collide (the URL is in the worker's heartbeat); containers set 9464.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_host: str = "0.0.0.0"
 
     events_max_age_s: float = Field(default=7 * 24 * 3600, gt=0)
+    events_keepalive_s: float = Field(default=15.0, gt=0)  # SSE comment line while a task's stream is quiet
+    # Webhooks (services/notifier): HMAC-SHA256 key for the Tm-Signature header (empty: unsigned).
+    webhook_secret: str = Field(default="", repr=False)
+    webhook_max_attempts: int = Field(default=6, ge=1, le=50)
+    webhook_retry_base_s: float = Field(default=2.0, ge=0)  # backoff: base, 2x base, 4x ... capped at 10 min
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
     dead_letters_max_age_s: float = Field(default=30 * 24 * 3600, gt=0)
     idempotency_ttl_s: float = Field(default=24 * 3600, gt=0)
     lease_ttl_s: float = Field(default=10.0, ge=2)

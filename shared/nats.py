@@ -31,6 +31,7 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from shared.config import Settings
+from shared.events import CHANGES_SUBJECTS
 from shared.messages import (
     BLOBS_BUCKET,
     DEAD_STREAM,
@@ -220,7 +221,9 @@ async def declare(nc: NATS, settings: Settings) -> Topology:
         for stage in PIPELINE:
             await _ensure_consumer(js, work_stream(priority), stage_consumer_config(stage, priority, settings))
     events = ("Task state events, replayable by late subscribers", settings.events_max_age_s)
-    await _ensure_stream(js, log_stream_config(EVENTS_STREAM, EVENTS_SUBJECTS, *events, settings))
+    events_config = log_stream_config(EVENTS_STREAM, EVENTS_SUBJECTS, *events, settings)
+    events_config.subjects = [EVENTS_SUBJECTS, CHANGES_SUBJECTS]  # terminal events and every change (docs/events.md)
+    await _ensure_stream(js, events_config)
     dead = (
         "Dead letters: messages that failed for good, with their headers and error",
         settings.dead_letters_max_age_s,

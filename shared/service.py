@@ -1,7 +1,7 @@
 """Start-up and shutdown shared by the stage services (`python -m services.<stage>`).
 
-A service connects, declares the topology, announces itself in the workers bucket (a heartbeat
-key with a TTL, so a dead worker disappears from the dashboard by itself), runs its stage, and on
+A service connects, declares the topology, announces itself in the workers bucket (shared/presence.py:
+a heartbeat key with a TTL, so a dead worker disappears from the dashboard by itself), runs its stage, and on
 SIGTERM/SIGINT stops taking work, finishes what it holds, drains the connection and logs one
 summary line.
 """
@@ -9,56 +9,21 @@ summary line.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import signal
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import structlog
-
 from shared.config import Settings
 from shared.logging import configure_logging
 from shared.messages import Stage
+from shared.metrics import WorkerMetrics
 from shared.nats import Topology, connect, declare
+from shared.presence import VERSION, make_worker_id, presence
 from shared.stage import Handler, StageRunner
-from shared.state import utc_now
-
-VERSION = "0.1.0"
 
 HandlerFactory = Callable[[Topology, Settings], Awaitable[Handler]]
 InfoProvider = Callable[[], dict[str, Any]]
-
-
-def make_worker_id(service: str) -> str:
-    return f"{service}-{socket.gethostname()}-{os.getpid()}"
-
-
-async def announce(topology: Topology, runner: StageRunner, service: str, info: InfoProvider | None) -> None:
-    """Heartbeat into the workers bucket until cancelled."""
-    started_at = utc_now()
-    key = f"{service}.{runner.worker_id}".replace(":", "_")
-    while True:
-        record = {
-            "service": service,
-            "worker_id": runner.worker_id,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "version": VERSION,
-            "started_at": started_at,
-            "heartbeat_at": utc_now(),
-            "concurrency": runner.settings.concurrency,
-            "in_flight": sorted(runner.in_flight),
-            "counters": vars(runner.counters),
-            **(info() if info else {}),
-        }
-        try:
-            await topology.workers.put(key, json.dumps(record).encode())
-        except Exception as exc:  # a heartbeat must never take the worker down
-            structlog.get_logger().warning("heartbeat_failed", error=str(exc))
-        await asyncio.sleep(runner.settings.heartbeat_s)
 
 
 async def serve_stage(
@@ -69,24 +34,33 @@ async def serve_stage(
     nc = await connect(settings, name=service)
     topology = await declare(nc, settings)
     handler = await make_handler(topology, settings)
-    runner = StageRunner(stage, handler, topology, settings, make_worker_id(service))
+    worker_id = make_worker_id(service)
+    metrics = WorkerMetrics(service, worker_id, VERSION)
+    for collector in getattr(handler, "collectors", ()):  # e.g. the upscaler's GPU memory and engine counters
+        metrics.register(collector)
+    runner = StageRunner(stage, handler, topology, settings, worker_id, metrics)
     info = info or getattr(handler, "describe", None)  # e.g. the upscaler's device and models
+    metrics_url = metrics.serve(settings.metrics_host, settings.metrics_port)
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runner.stop)
 
-    heartbeat = asyncio.create_task(announce(topology, runner, service, info))
+    def details() -> dict[str, Any]:
+        return {
+            "concurrency": settings.concurrency,
+            "in_flight": sorted(runner.in_flight),
+            "counters": vars(runner.counters),
+            "metrics_url": metrics_url,
+            **(info() if info else {}),
+        }
+
     began = time.monotonic()
-    log.info("service_started", worker_id=runner.worker_id, nats_url=settings.nats_url)
+    log.info("service_started", worker_id=runner.worker_id, nats_url=settings.nats_url, metrics_url=metrics_url)
     try:
-        await runner.run()
+        async with presence(topology.workers, service, worker_id, settings.heartbeat_s, details):
+            await runner.run()
     finally:
-        heartbeat.cancel()
-        try:
-            await topology.workers.delete(f"{service}.{runner.worker_id}".replace(":", "_"))
-        except Exception:
-            pass
         await nc.drain()
         log.info("service_stopped", uptime_s=round(time.monotonic() - began, 1), **vars(runner.counters))
 

@@ -32,6 +32,7 @@ from shared.config import Settings
 from shared.deadletters import dead_letter
 from shared.errors import PermanentError, RetryableError
 from shared.messages import Stage, TaskMessage, next_stage, work_subject
+from shared.metrics import WorkerMetrics
 from shared.nats import Topology
 from shared.puller import PriorityPuller
 from shared.state import StageAlreadyDoneError, TaskFinishedError, TaskStatus
@@ -96,7 +97,15 @@ class StageStalledError(RetryableError):
 class StageRunner:
     """Runs `handler` for every message of `stage`, `settings.concurrency` at a time."""
 
-    def __init__(self, stage: Stage, handler: Handler, topology: Topology, settings: Settings, worker_id: str) -> None:
+    def __init__(
+        self,
+        stage: Stage,
+        handler: Handler,
+        topology: Topology,
+        settings: Settings,
+        worker_id: str,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
         self.stage = stage
         self.handler = handler
         self.topology = topology
@@ -105,6 +114,9 @@ class StageRunner:
         self.store = TaskStore(topology.tasks, topology.js)
         self.counters = StageCounters()
         self.in_flight: dict[str, float] = {}  # task_id -> monotonic start
+        self.metrics = metrics  # the process's /metrics (shared/metrics.py); None in tests that need none
+        if metrics is not None:
+            metrics.watch_in_flight(stage.value, lambda: len(self.in_flight))
         self._puller = PriorityPuller(topology.nc, stage)
         self._stopping = asyncio.Event()
         self._works: set[asyncio.Task[TaskMessage | None]] = set()
@@ -155,10 +167,13 @@ class StageRunner:
                 outcome = "error"
             finally:
                 self.in_flight.pop(task.task_id, None)
+            elapsed_s = time.monotonic() - started
+            if self.metrics is not None:
+                self.metrics.observe(self.stage.value, outcome, elapsed_s)
             log.info(
                 "stage_outcome",
                 outcome=outcome,
-                duration_ms=round((time.monotonic() - started) * 1000, 1),
+                duration_ms=round(elapsed_s * 1000, 1),
                 num_delivered=msg.metadata.num_delivered,
             )
 

@@ -5,6 +5,11 @@ expecting the revision it read; on a conflict it re-reads and re-applies. Two wr
 never lose each other's update, and a terminal state can never be overwritten. Whoever writes a
 terminal state also publishes the task's event, so subscribers see exactly one per task.
 
+Every write that changes what a change event reports (shared/events.py) publishes one too. Those of
+non-terminal writes go out as plain core publishes into the stream (no acknowledgement to wait for
+on the critical path: at most once, and a failed one never undoes the state write); the terminal
+one is published with acknowledgement and retries, like the terminal event.
+
 A store remembers the last value it wrote for a task, so its next write to that task (a stage's
 finish after its start) tries the compare-and-set on that value first and reads only on a conflict:
 one KV get fewer per write, with the same guarantee (the revision decides).
@@ -18,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+import structlog
 from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError, StaleConnectionError
 from nats.js import JetStreamContext
 from nats.js.errors import (
@@ -28,9 +34,11 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
+from shared.events import Snapshot, TaskEvent
 from shared.messages import event_subject
 from shared.state import TaskStatus, parse_time
 
+log = structlog.get_logger()
 MAX_CAS_ATTEMPTS = 50
 REMEMBERED_WRITES = 1024  # tasks whose last write a store keeps (a stage holds a few at a time)
 UNKNOWN_OUTCOME_PAUSE_S = 0.2
@@ -65,7 +73,9 @@ class TaskStore:
 
     async def create(self, status: TaskStatus) -> int:
         """Store a new task; fails if the id exists (ids are UUIDs, so that is a bug)."""
-        return await self._kv.create(status.task_id, status.to_json())
+        revision = await self._kv.create(status.task_id, status.to_json())
+        await self._announce(TaskEvent.between(Snapshot.of(None), status, revision))
+        return revision
 
     async def get(self, task_id: str) -> TaskStatus | None:
         found = await self.get_with_revision(task_id)
@@ -88,7 +98,7 @@ class TaskStore:
         half-way (e.g. after the uploader wrote the output) would only cause a redelivery that
         repeats the work.
         """
-        sent: dict[bytes, TaskStatus] = {}  # what this call wrote without hearing back
+        sent: dict[bytes, tuple[TaskStatus, Snapshot]] = {}  # what this call wrote without hearing back
         for attempt in range(MAX_CAS_ATTEMPTS):
             remembered = self._written.pop(task_id, None) if attempt == 0 else None
             if remembered is not None:
@@ -100,8 +110,8 @@ class TaskStore:
                 status, revision = found
                 ours = sent.get(status.to_json())
                 if ours is not None:  # a write whose answer we lost did land: it is this one
-                    return await self._written_ok(task_id, ours, revision, was_terminal=False)
-            was_terminal = status.state.terminal
+                    return await self._written_ok(task_id, *ours, revision)
+            before = Snapshot.of(status)
             try:
                 transition(status)
             except Exception:
@@ -111,16 +121,18 @@ class TaskStore:
             payload = status.to_json()
             written = await self._write(task_id, payload, revision)
             if written is None:
-                sent[payload] = status
+                sent[payload] = (status, before)
             elif written:
-                return await self._written_ok(task_id, status, written, was_terminal)
+                return await self._written_ok(task_id, status, before, written)
         raise RuntimeError(f"task {task_id}: state update kept conflicting")
 
-    async def _written_ok(self, task_id: str, status: TaskStatus, revision: int, was_terminal: bool) -> TaskStatus:
+    async def _written_ok(self, task_id: str, status: TaskStatus, before: Snapshot, revision: int) -> TaskStatus:
+        change = TaskEvent.between(before, status, revision)
         if status.state.terminal:
-            if not was_terminal:
-                await self.publish_event(status)
+            if before.state is None or not before.state.terminal:
+                await self.publish_event(status, change)
         else:
+            await self._announce(change)
             self._written[task_id] = (status.to_json(), revision)
             if len(self._written) > REMEMBERED_WRITES:
                 self._written.popitem(last=False)
@@ -149,32 +161,52 @@ class TaskStore:
             await asyncio.sleep(UNKNOWN_OUTCOME_PAUSE_S)
             return None
 
-    async def publish_event(self, status: TaskStatus) -> None:
-        """Publish the terminal event, retrying through a broker hiccup: the state is already
-        written, so giving up here would leave subscribers without it. The message id makes every
-        retry (and a republish after a crash) a duplicate the stream drops."""
+    async def publish_event(self, status: TaskStatus, change: TaskEvent | None = None) -> None:
+        """Publish the terminal event (and its change event), retrying through a broker hiccup: the
+        state is already written, so giving up here would leave subscribers without it. The message
+        ids make every retry (and a republish after a crash) a duplicate the stream drops."""
+        terminal = (event_subject(status.task_name, status.state.value), status.to_json())
+        publishes = [self._publish(*terminal, f"{status.task_id}.{status.run}.{status.state.value}")]
+        if change is not None:
+            publishes.append(self._publish(change.subject, change.to_json(), change.event_id))
+        await asyncio.gather(*publishes)
+
+    async def _publish(self, subject: str, data: bytes, message_id: str) -> None:
         for attempt in range(EVENT_PUBLISH_ATTEMPTS):
             try:
-                await self._js.publish(
-                    event_subject(status.task_name, status.state.value),
-                    status.to_json(),
-                    headers={"Nats-Msg-Id": f"{status.task_id}.{status.run}.{status.state.value}"},
-                )
+                await self._js.publish(subject, data, headers={"Nats-Msg-Id": message_id})
                 return
             except UNKNOWN_OUTCOME:
                 if attempt == EVENT_PUBLISH_ATTEMPTS - 1:
                     raise
                 await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
 
+    async def _announce(self, change: TaskEvent | None) -> None:
+        """Publish a non-terminal change event without waiting for the stream's acknowledgement:
+        one buffered write on the connection (ordered before this writer's later publishes)."""
+        if change is None:
+            return
+        try:
+            # The JetStream context's own connection: a core publish to a stream's subject is stored
+            # all the same, and the message id still deduplicates it.
+            await self._js._nc.publish(change.subject, change.to_json(), headers={"Nats-Msg-Id": change.event_id})
+        except Exception as exc:  # the state is written; a lost progress note must not fail the caller
+            log.warning("change_event_not_sent", task_id=change.task_id, kind=change.kind.value, error=repr(exc))
+
     async def ensure_event(self, task_id: str, within_s: float = REPUBLISH_WINDOW_S) -> None:
         """Publish a recently ended task's terminal event again. Its writer may have died between the
         state write and the publish; a redelivered message that finds the task ended calls this. Within
         the stream's duplicate window the message id makes it a no-op when the event did go out."""
-        status = await self.get(task_id)
-        if status is None or not status.state.terminal or status.completed_at is None:
+        found = await self.get_with_revision(task_id)
+        if found is None:
+            return
+        status, revision = found
+        if not status.state.terminal or status.completed_at is None:
             return
         if (datetime.now(UTC) - parse_time(status.completed_at)).total_seconds() < within_s:
-            await self.publish_event(status)
+            # What the state was before is not known any more: the change event says previous_state null.
+            unknown_before = Snapshot(None, Snapshot.of(status).stages, status.progress, status.run)
+            await self.publish_event(status, TaskEvent.between(unknown_before, status, revision))
 
     async def delete(self, task_id: str) -> None:
         self._written.pop(task_id, None)

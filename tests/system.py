@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
@@ -22,6 +23,7 @@ import nats
 from shared.messages import EVENTS_SUBJECTS, PRIORITIES, WORKERS_BUCKET, work_stream
 
 STAGE_SERVICES = ("fetcher", "classifier", "upscaler", "uploader")
+NOTIFIER = "notifier"  # webhooks; not a stage, but ready the same way (its heartbeat): System.start(NOTIFIER)
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -52,8 +54,11 @@ class System:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         log_dir.mkdir(parents=True, exist_ok=True)
 
-    def spawn(self, service: str, **env: str) -> subprocess.Popen[bytes]:
-        log = open(self.log_dir / f"{service}.log", "ab")  # noqa: SIM115 - owned by the process
+    def spawn(self, service: str, *, name: str | None = None, **env: str) -> subprocess.Popen[bytes]:
+        """Start one process of `service`; `name` (default: the service's) keys it in `processes` and
+        names its log, so several instances of a stage can run side by side."""
+        name = name or service
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
         process = subprocess.Popen(
             [sys.executable, "-m", f"services.{service}"],
             cwd=ROOT,
@@ -61,16 +66,22 @@ class System:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        self.processes[service] = process
+        self.processes[name] = process
         return process
 
-    async def start(self, *services: str, timeout_s: float = 60, **env: str) -> None:
-        """Start services and wait until each is ready."""
-        stages = [s for s in services if s != "api"]
+    async def start(
+        self, *services: str, timeout_s: float = 60, instances: Mapping[str, int] | None = None, **env: str
+    ) -> None:
+        """Start services and wait until each is ready; `instances` runs several processes of a service
+        (`{"fetcher": 3}`: `fetcher`, `fetcher-2`, `fetcher-3`), all on the same durable consumers."""
         before = await self._worker_pids()
+        stage_pids = set()
         for service in services:
-            self.spawn(service, **env)
-        waits = [self._wait_workers({self.processes[s].pid for s in stages} - before, timeout_s)]
+            for i in range(1, (instances or {}).get(service, 1) + 1):
+                process = self.spawn(service, name=service if i == 1 else f"{service}-{i}", **env)
+                if service != "api":
+                    stage_pids.add(process.pid)
+        waits = [self._wait_workers(stage_pids - before, timeout_s)]
         if "api" in services:
             waits.append(self._wait_api(timeout_s))
         try:

@@ -68,11 +68,28 @@ def blobs_kv() -> None:
     tm_blobs.discard_task_blobs = discard_task_blobs
 
 
+def no_change_events() -> None:
+    """Without the per-change events of shared/events.py (only the terminal events): their cost."""
+    from shared import tasks as tm_tasks
+
+    async def announce(self, change) -> None:  # type: ignore[no-untyped-def]
+        return None
+
+    publish_event = tm_tasks.TaskStore.publish_event
+
+    async def terminal_only(self, status, change=None) -> None:  # type: ignore[no-untyped-def]
+        await publish_event(self, status)
+
+    tm_tasks.TaskStore._announce = announce  # type: ignore[method-assign]
+    tm_tasks.TaskStore.publish_event = terminal_only  # type: ignore[method-assign]
+
+
 PATCHES: dict[str, Callable[[], None]] = {
     # uvloop, async-dep, no-final-progress, reuse-revision, kv-direct, blobs-direct and face-min-48
     # were measured here and are now in shared/ and services/ (bench/README.md, "After the fixes").
     "quiet-logs": quiet_logs,
     "blobs-kv": blobs_kv,
+    "no-change-events": no_change_events,
 }
 
 

@@ -16,11 +16,11 @@ from services.api.deps import ApiContext
 from services.api.errors import install_error_handlers
 from services.api.metrics import ApiMetrics
 from services.api.ratelimit import TOO_MANY, RateLimiter
-from services.api.routes import dashboard, health, task_control, tasks
+from services.api.routes import dashboard, events, health, task_control, tasks
 from services.api.sweeper import Sweeper
 from shared.config import Settings
 from shared.nats import connect, declare
-from shared.service import VERSION, make_worker_id
+from shared.presence import VERSION, make_worker_id, presence
 from shared.tasks import TaskStore
 
 
@@ -44,10 +44,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_queue_depth=config.max_queue_depth,
             max_body_bytes=config.max_body_bytes,
         )
-        sweeper = Sweeper(topology, config, holder=make_worker_id("api"))
+        worker_id = make_worker_id("api")
+        sweeper = Sweeper(topology, config, holder=worker_id)
         sweeping = asyncio.create_task(sweeper.run())
         try:
-            yield
+            async with presence(topology.workers, "api", worker_id, config.heartbeat_s, lambda: {"in_flight": []}):
+                yield
         finally:
             sweeping.cancel()
             await asyncio.gather(sweeping, return_exceptions=True)
@@ -69,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     limited = [*guard, Depends(RateLimiter(config.rate_limit_per_s, config.rate_limit_burst))]
     app.include_router(tasks.router, dependencies=limited, responses={**guarded, **TOO_MANY})
     app.include_router(task_control.router, dependencies=limited, responses={**guarded, **TOO_MANY})
+    app.include_router(events.router, dependencies=limited, responses={**guarded, **TOO_MANY})
     app.include_router(health.router)
     app.include_router(dashboard.router, dependencies=guard, responses=guarded)
     return app

@@ -43,6 +43,11 @@ class SubmitTaskRequest(BaseModel):
     )
     priority: StrictInt = Field(default=5, ge=0, le=10, description="0 (lowest) to 10 (highest)")
     sync: StrictBool = Field(default=False, description="Wait for completion (bounded by TM_SYNC_WAIT_S)")
+    callback_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="Optional http(s) URL the final status is POSTed to when the task ends (docs/events.md)",
+    )
 
 
 class SubmitTaskResponse(BaseModel):

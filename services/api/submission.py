@@ -88,6 +88,27 @@ def _check_reachable(url: str, index: int, role: str, policy: AddressPolicy | No
             raise SubmissionError(f"args[{index}]: {exc}") from exc
 
 
+def validate_callback(request: SubmitTaskRequest, policy: AddressPolicy | None = None) -> str | None:
+    """The webhook URL, or None; refused by the same address rules as the task's URLs (the notifier
+    checks again, at connect time, the address it actually reaches)."""
+    url = request.callback_url
+    if url is None:
+        return None
+    try:
+        parts = urlsplit(url)
+        usable = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        usable = False
+    if not usable:
+        raise SubmissionError("callback_url: must be an http or https URL with a host")
+    if policy is not None:
+        try:
+            policy.check_url(url, "callback")
+        except InputError as exc:
+            raise SubmissionError(f"callback_url: {exc}") from exc
+    return url
+
+
 def validate_submission(
     request: SubmitTaskRequest, s3_endpoint: str | None, policy: AddressPolicy | None = None
 ) -> tuple[str, str, UpscaleOptions]:

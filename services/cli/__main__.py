@@ -6,7 +6,7 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from services.cli import dlq, models, supervisor
+from services.cli import dlq, models, queues, supervisor, tasks
 from shared.logging import configure_logging
 
 
@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", default=".data", help="where the embedded NATS keeps its store")
     up.add_argument("--nats-port", type=int, default=4222, help="port of the embedded NATS server")
     up.set_defaults(func=_up)
+    tasks.register(commands)
+    queues.register(commands)
     models.register(commands)
     dlq.register(commands)
     return parser

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from services.upscaler import catalog, weights
+from services.upscaler import catalog
 
 
 def register(subparsers: Any) -> None:
@@ -41,6 +41,8 @@ def _size(size_bytes: int) -> str:
 
 def list_models(args: argparse.Namespace) -> int:
     """Print a table of the official models: name, scale, size, installed, path."""
+    from services.upscaler import weights  # imports torch: only for the commands that need it
+
     model_dir = args.dir or weights.default_model_dir()
     rows = [("NAME", "SCALE", "SIZE", "INSTALLED", "PATH")]
     for spec in catalog.MODELS.values():
@@ -55,6 +57,8 @@ def list_models(args: argparse.Namespace) -> int:
 
 def download_models(args: argparse.Namespace) -> int:
     """Download one model (NAME) or all of them (--all); exit status 1 if any download failed."""
+    from services.upscaler import weights
+
     if args.all == (args.name is not None):
         raise SystemExit("error: models download takes either NAME or --all")
     model_dir = args.dir or weights.default_model_dir()

@@ -1,4 +1,5 @@
-"""`task-manager up`: NATS (unless NATS_URL is given), the API and the four stages as processes.
+"""`task-manager up`: NATS (unless NATS_URL is given), the API, the four stages and the
+webhook notifier as processes.
 
 Each service is its own process, restarted with backoff when it dies; SIGINT/SIGTERM stop the
 services first (they drain their work) and the embedded NATS server last.
@@ -18,7 +19,7 @@ from pathlib import Path
 import httpx
 import structlog
 
-SERVICES = ("api", "fetcher", "classifier", "upscaler", "uploader")
+SERVICES = ("api", "fetcher", "classifier", "upscaler", "uploader", "notifier")
 STOP_GRACE_S = 30.0
 log = structlog.get_logger()
 

@@ -10,6 +10,7 @@ import hashlib
 import os
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -92,6 +93,8 @@ def blend_state_dicts(a: dict[str, Tensor], b: dict[str, Tensor], weights: tuple
 
 _cache: OrderedDict[tuple[str, ...], LoadedModel] = OrderedDict()
 _cache_lock = threading.Lock()
+# Seconds the last load of each model took (read, build, move to the device): its /metrics gauge.
+load_seconds: dict[str, float] = {}
 
 
 def load_model(
@@ -117,6 +120,7 @@ def load_model(
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
+        began = time.perf_counter()
         state = read_state_dict(path)
         if helper is not None and denoise_strength is not None:
             state = blend_state_dicts(state, read_state_dict(helper), (denoise_strength, 1 - denoise_strength))
@@ -136,6 +140,7 @@ def load_model(
             dtype=dtype,
         )
         _cache[key] = model
+        load_seconds[name] = time.perf_counter() - began
         while len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)
         return model

@@ -10,6 +10,7 @@ import structlog
 
 from services.upscaler import codec
 from services.upscaler.engine import Upscaler
+from services.upscaler.metrics import UpscalerCollector
 from services.upscaler.plan import Cancelled
 from shared.blobs import read_blob, write_blob
 from shared.config import Settings
@@ -109,4 +110,5 @@ async def make_handler(topology: Topology, settings: Settings, upscaler: Upscale
         )
 
     handle.describe = engine.describe  # type: ignore[attr-defined]
+    handle.collectors = [UpscalerCollector(engine)]  # type: ignore[attr-defined]  # served on /metrics
     return handle

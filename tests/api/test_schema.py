@@ -25,7 +25,8 @@ from tests.api.conftest import api_only
 
 KEY = "schema-test-key"
 EXAMPLES_PER_OPERATION = 40
-OPERATIONS = 7  # POST /api/v1/tasks, GET/DELETE /api/v1/tasks/{id}, POST .../revoke, /health, /dashboard(/metrics)
+OPERATIONS = 9  # POST /api/v1/tasks, GET/DELETE /api/v1/tasks/{id}, POST .../revoke, GET .../events, /health,
+# /dashboard, /dashboard/metrics, /dashboard/data
 
 
 def test_the_api_keeps_its_openapi_contract(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from shared.messages import WORKERS_BUCKET
 from tests.servers import S3Server
 from tests.system import ROOT, free_port
 
-SERVICES = {"fetcher", "classifier", "upscaler", "uploader"}
+SERVICES = {"api", "fetcher", "classifier", "upscaler", "uploader", "notifier"}
 
 
 async def live_workers(nats_url: str) -> dict[str, int]:

@@ -107,8 +107,12 @@ def test_higher_priority_image_goes_first(pool: ThreadPoolExecutor) -> None:
     parked = Parked(batcher, pool, network)
 
     def run(name: str, tile: int, priority: int) -> None:
-        batcher.run(_noise(64, 64, 1), network, Job(tile=(tile, tile), tile_pad=8, batch=8), priority=priority)
-        finished.append(name)
+        def done(fraction: float) -> None:  # called in the driver thread: the order is the driver's own
+            if fraction == 1.0:
+                finished.append(name)
+
+        job = Job(tile=(tile, tile), tile_pad=8, batch=8)
+        batcher.run(_noise(64, 64, 1), network, job, done, priority=priority)
 
     # Windows of 48, 32 and 64 pixels: three shapes, so nothing is shared and the order shows.
     futures = [pool.submit(run, "low", 32, 1), pool.submit(run, "mid", 16, 5)]

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 
 from services.api.deps import ContextDep
 from services.api.schemas import HealthResponse
-from shared.service import VERSION
+from shared.presence import VERSION
 
 router = APIRouter(tags=["monitoring"])
 

@@ -18,7 +18,7 @@ from services.api import idempotency
 from services.api.backpressure import queue_room
 from services.api.deps import ContextDep
 from services.api.schemas import SubmitTaskRequest, SubmitTaskResponse, error
-from services.api.submission import SubmissionError, validate_submission
+from services.api.submission import SubmissionError, validate_callback, validate_submission
 from shared.egress import s3_endpoint
 from shared.messages import PIPELINE, TASKS_BUCKET, TaskMessage, work_subject
 from shared.netguard import AddressPolicy
@@ -101,6 +101,7 @@ async def submit_task(
     try:
         policy = AddressPolicy.from_settings(ctx.settings, s3_endpoint=s3_endpoint())
         input_url, output_url, options = validate_submission(body, s3_endpoint(), policy)
+        callback_url = validate_callback(body, policy)
     except SubmissionError as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
     task_id = str(uuid.uuid4())
@@ -117,7 +118,9 @@ async def submit_task(
         priority=body.priority,
         input_url=input_url,
         output_url=output_url,
-        kwargs=body.kwargs,
+        # The webhook rides in the stored kwargs (not in the work message): the notifier reads it
+        # from the terminal event's status.
+        kwargs={**body.kwargs, "callback_url": callback_url} if callback_url else body.kwargs,
     )
     message = TaskMessage(
         task_id=task_id,

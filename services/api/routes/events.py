@@ -1,0 +1,141 @@
+"""A task's state changes as Server-Sent Events: GET /api/v1/tasks/{task_id}/events.
+
+The stream replays the task's change events from the TM_EVENTS stream (an ordered consumer filtered
+on task.changes.<task_id>.*), then follows live ones, and ends after the terminal one. Each event's
+`id:` is its stream sequence, so a client that reconnects with `Last-Event-ID` (browsers' EventSource
+does it by itself) resumes after the last event it saw. A comment line every TM_EVENTS_KEEPALIVE_S
+keeps proxies from closing a quiet connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import anyio
+import nats.errors
+import structlog
+from fastapi import APIRouter, Header, HTTPException, status
+from fastapi.responses import StreamingResponse
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from services.api.deps import ContextDep
+from services.api.routes.tasks import TASK_ERRORS, valid_id
+from services.api.schemas import error
+from shared.events import EventKind, Snapshot, TaskEvent, task_changes_filter
+from shared.messages import EVENTS_STREAM
+from shared.state import TaskStatus
+from shared.tasks import TaskStore
+
+router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
+log = structlog.get_logger()
+
+# A task already ended when the stream opened: how long to wait for more of its replay before
+# deciding its terminal change event is missing (a task that ended before change events existed).
+ENDED_GRACE_S = 1.0
+# OpenAPI 3.1 (no `itemSchema` yet): the media type's schema describes one event.
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "description": "the event's TM_EVENTS stream sequence (send it as Last-Event-ID)"},
+        "event": {"type": "string", "enum": [kind.value for kind in EventKind]},
+        "data": {"type": "string", "contentMediaType": "application/json", "description": "a TaskEvent"},
+    },
+    "required": ["event", "data"],
+}
+EVENTS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
+        "description": "The task's change events (docs/events.md), past then live, until the terminal one",
+    },
+    400: error("Last-Event-ID is not a stream sequence number"),
+    **TASK_ERRORS,
+}
+
+
+def frame(event: TaskEvent, sequence: int | None) -> bytes:
+    """One SSE message; JSON has no raw newlines, so `data:` is a single line."""
+    head = f"id: {sequence}\n" if sequence is not None else ""
+    return f"{head}event: {event.kind.value}\ndata: {event.to_json().decode()}\n\n".encode()
+
+
+async def _open(js: JetStreamContext, task_id: str, after: int) -> Any:
+    start = (
+        ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1)
+        if after
+        else ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+    )
+    return await js.subscribe(task_changes_filter(task_id), stream=EVENTS_STREAM, ordered_consumer=True, config=start)
+
+
+async def _ended(store: TaskStore, task_id: str) -> tuple[bool, bytes]:
+    """(whether to end the stream, a last frame): the task is gone, or ended without its event in sight."""
+    found = await store.get_with_revision(task_id)
+    if found is None:
+        return True, b""
+    current, revision = found
+    if not current.state.terminal:
+        return False, b""
+    unknown_before = Snapshot(None, Snapshot.of(current).stages, current.progress, current.run)
+    event = TaskEvent.between(unknown_before, current, revision)
+    return True, frame(event, None) if event is not None else b""
+
+
+async def _follow(sub: Any, store: TaskStore, opened: TaskStatus, keepalive_s: float) -> AsyncIterator[bytes]:
+    task_id, last_revision = opened.task_id, 0
+    try:
+        yield b": events of task " + task_id.encode() + b"\n\n"  # the headers go out at once
+        wait = min(ENDED_GRACE_S, keepalive_s) if opened.state.terminal else keepalive_s
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=wait)
+            except nats.errors.TimeoutError:
+                finished, last = await _ended(store, task_id)
+                if finished:
+                    yield last
+                    return
+                yield b": keep-alive\n\n"
+                wait = keepalive_s
+                continue
+            try:
+                event = TaskEvent.from_json(msg.data)
+            except ValueError as exc:
+                log.warning("bad_change_event", subject=msg.subject, error=str(exc))
+                continue
+            if event.revision <= last_revision:
+                continue  # published late by an earlier writer: a later change was already sent
+            last_revision = event.revision
+            yield frame(event, msg.metadata.sequence.stream)
+            if event.terminal and event.run >= opened.run:  # not the end of a run an operator replayed since
+                return
+    finally:
+        with anyio.CancelScope(shield=True):  # also when the client went away (the stream is cancelled)
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:
+                log.warning("events_unsubscribe_failed", task_id=task_id, error=repr(exc))
+
+
+@router.get("/{task_id}/events", response_class=StreamingResponse, responses=EVENTS_RESPONSES)
+async def task_events(
+    task_id: str,
+    ctx: ContextDep,
+    last_event_id: Annotated[
+        str | None, Header(description="Resume after this event (its `id:`, a stream sequence)")
+    ] = None,
+) -> StreamingResponse:
+    """Stream a task's state changes (Server-Sent Events) until it ends."""
+    found = await ctx.store.get(task_id) if valid_id(task_id) else None
+    if found is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"Task {task_id} not found")
+    after = 0
+    if last_event_id:
+        if not last_event_id.strip().isdigit():
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, "Last-Event-ID: must be an event id (a stream sequence)")
+        after = int(last_event_id)
+    sub = await _open(ctx.topology.js, task_id, after)
+    body = _follow(sub, ctx.store, found, ctx.settings.events_keepalive_s)
+    return StreamingResponse(
+        body, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
