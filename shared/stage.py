@@ -35,7 +35,7 @@ from shared.messages import Stage, TaskMessage, next_stage, work_subject
 from shared.metrics import WorkerMetrics
 from shared.nats import Topology
 from shared.puller import PriorityPuller
-from shared.state import StageAlreadyDoneError, TaskFinishedError, TaskStatus
+from shared.state import StageAlreadyDoneError, TaskFinishedError, TaskState, TaskStatus
 from shared.tasks import TaskGoneError, TaskStore
 
 log = structlog.get_logger()
@@ -180,7 +180,7 @@ class StageRunner:
     async def _process(self, msg: Msg, task: TaskMessage) -> str:
         attempt = msg.metadata.num_delivered or 1
         try:
-            status = await self.store.update(task.task_id, lambda s: s.start_stage(self.stage, self.worker_id))
+            status = await self.store.update(task.task_id, lambda s: s.start_stage(self.stage, self.worker_id, task))
         except (TaskGoneError, TaskFinishedError, StageAlreadyDoneError) as exc:
             return await self._drop(msg, task, exc)
         job = Job(task=task, status=status, attempt=attempt, stage=self.stage, store=self.store)
@@ -213,7 +213,11 @@ class StageRunner:
                     headers={"Nats-Msg-Id": f"{task.task_id}.{following.value}.run{job.status.run}"},
                 )
                 await self.store.update(task.task_id, lambda s: s.finish_stage(self.stage, result))
-        except (TaskGoneError, TaskFinishedError) as exc:
+        except TaskFinishedError as exc:
+            if exc.state != TaskState.SUCCESS:
+                return await self._drop(msg, task, exc)
+            # The next stages finished the task before this one's record landed: its work was done and used.
+        except TaskGoneError as exc:
             return await self._drop(msg, task, exc)
         await msg.ack()
         self.counters.succeeded += 1

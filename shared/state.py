@@ -133,8 +133,12 @@ class TaskStatus(BaseModel):
         if self.state.terminal:
             raise TaskFinishedError(self.state)
 
-    def start_stage(self, stage: Stage, worker_id: str) -> None:
-        """A worker took the task's message for `stage` (again, on a redelivery)."""
+    def start_stage(self, stage: Stage, worker_id: str, message: TaskMessage | None = None) -> None:
+        """A worker took the task's message for `stage` (again, on a redelivery).
+
+        The message exists only because every earlier stage finished: one whose own record has not
+        landed yet (it publishes before it records) is recorded done here, with what `message` carries.
+        """
         self._require_open()
         entry = self.subtask(stage)
         if entry.state == TaskState.SUCCESS:
@@ -146,6 +150,9 @@ class TaskStatus(BaseModel):
         if self.state == TaskState.PENDING:
             self.state = TaskState.RECEIVED
             self.received_at = entry.started_at
+        for earlier in PIPELINE[: PIPELINE.index(stage)]:
+            if self.subtask(earlier).state != TaskState.SUCCESS:
+                self._record_done(earlier, message)
         self.progress = max(self.progress, stage_progress(stage, 0.0))
 
     def report_progress(self, stage: Stage, fraction: float) -> None:
@@ -155,9 +162,16 @@ class TaskStatus(BaseModel):
     def finish_stage(self, stage: Stage, outcome: TaskMessage | None = None) -> None:
         """`stage` succeeded; the task moves on to the next stage's queue with `outcome`."""
         self._require_open()
-        if outcome is not None:
-            self.classification = outcome.classification or self.classification
-            self.worker_type = outcome.worker_type or self.worker_type
+        if self.subtask(stage).state == TaskState.SUCCESS:  # the next stage started first and recorded it
+            self._apply(outcome)
+            return
+        self._record_done(stage, outcome)
+        following = next_stage(stage)
+        if following is not None:
+            self.subtask(following).queued_at = self.subtask(stage).completed_at
+
+    def _record_done(self, stage: Stage, outcome: TaskMessage | None) -> None:
+        self._apply(outcome)
         entry = self.subtask(stage)
         entry.state = TaskState.SUCCESS
         entry.completed_at = utc_now()
@@ -166,9 +180,11 @@ class TaskStatus(BaseModel):
             self.state = TaskState.STARTED
             self.started_at = entry.completed_at
         self.progress = max(self.progress, stage_progress(stage, 1.0))
-        following = next_stage(stage)
-        if following is not None:
-            self.subtask(following).queued_at = entry.completed_at
+
+    def _apply(self, outcome: TaskMessage | None) -> None:
+        if outcome is not None:
+            self.classification = outcome.classification or self.classification
+            self.worker_type = outcome.worker_type or self.worker_type
 
     def retry_stage(self, stage: Stage, error: str, delay_s: float = 0.0) -> None:
         """`stage` failed in a way that may pass; its message comes back after `delay_s`."""

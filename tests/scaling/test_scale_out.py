@@ -70,6 +70,23 @@ def messages_total(metrics_text: str, stage: Stage, outcome: str) -> float:
     return 0.0
 
 
+async def scrape_settled(urls: dict[str, str], stage: Stage, expected: int) -> dict[str, str]:
+    """Every instance's /metrics page, once their `stage` successes add up to `expected` (bounded wait).
+
+    A stage counts a message after its ack returns, which can be after the next stages have already
+    finished the task, so the count may lag the task's SUCCESS by a moment.
+    """
+    async with httpx.AsyncClient(timeout=5) as client:
+        deadline = time.monotonic() + 10
+        while True:
+            pages = {name: (await client.get(url)).text for name, url in urls.items()}
+            if sum(messages_total(page, stage, "succeeded") for page in pages.values()) >= expected:
+                return pages
+            if time.monotonic() > deadline:
+                return pages  # the assertions that follow say what is missing
+            await asyncio.sleep(0.05)
+
+
 async def heartbeats(nats_url: str) -> dict[int, dict]:
     """The workers bucket's records by pid."""
     nc = await nats.connect(nats_url)
@@ -167,9 +184,8 @@ async def run_phase(system: System, http_server: StaticHTTPServer, out_dir: Path
     events = await event_counts(system.nats_url)
     assert [events[task_id] for task_id in ids] == [1] * TASKS
 
-    async with httpx.AsyncClient(timeout=5) as client:
-        pages = {name: (await client.get(w["metrics_url"])).text for name, w in workers.items()}
     for service, stage in SCALED.items():
+        pages = await scrape_settled({name: workers[name]["metrics_url"] for name in names[service]}, stage, TASKS)
         done = {name: messages_total(pages[name], stage, "succeeded") for name in names[service]}
         for name in names[service]:
             others = [messages_total(pages[name], stage, o) for o in ("retried", "dropped", "failed", "error")]
@@ -202,7 +218,8 @@ async def test_three_instances_share_the_work_and_do_each_task_once(
     assert three < one, (one, three)
     # The single upscaler saw both phases; its page also carries the engine's own counters.
     upscaler = (await heartbeats(scaling_system.nats_url))[scaling_system.processes["upscaler"].pid]
-    async with httpx.AsyncClient(timeout=5) as client:
-        page = (await client.get(upscaler["metrics_url"])).text
-    assert messages_total(page, Stage.UPSCALE, "succeeded") == 2 * TASKS
+    page = (await scrape_settled({"upscaler": upscaler["metrics_url"]}, Stage.UPSCALE, 2 * TASKS))["upscaler"]
+    assert messages_total(page, Stage.UPSCALE, "succeeded") == 2 * TASKS, [
+        line for line in page.splitlines() if line.startswith("tm_stage_messages_total")
+    ]
     assert "tm_upscaler_tiles_total" in page and "tm_upscaler_fp16_fallbacks_total" in page

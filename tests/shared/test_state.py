@@ -34,6 +34,30 @@ def test_happy_path_moves_received_started_success() -> None:
     assert status.state == TaskState.SUCCESS and status.progress == 1.0 and status.completed_at
 
 
+def test_a_next_stage_that_starts_first_records_the_earlier_ones_done() -> None:
+    # Stages publish before they record: the next stage can take the message (and even end the task)
+    # before the previous stage's own record lands. The final record must still say every stage succeeded.
+    status = new_status()
+    status.start_stage(Stage.FETCH, "w1")
+    status.finish_stage(Stage.FETCH)
+    status.start_stage(Stage.CLASSIFY, "w2")
+    classification = Classification(category=Category.ANIME, width=4, height=2, aspect_ratio=2.0)
+    message = TaskMessage(task_id="t1", input_url="a", output_url="b", submitted_at="x", classification=classification)
+    status.start_stage(Stage.UPSCALE, "w3", message)  # classify's record has not landed yet
+    classify = status.subtask(Stage.CLASSIFY)
+    assert classify.state == TaskState.SUCCESS and classify.completed_at
+    assert status.classification == classification and status.state == TaskState.STARTED
+    upscale_started = status.subtask(Stage.UPSCALE).started_at
+    status.finish_stage(Stage.CLASSIFY, message)  # the late record changes nothing more
+    assert status.subtask(Stage.UPSCALE).state == TaskState.STARTED
+    assert status.subtask(Stage.UPSCALE).started_at == upscale_started
+    status.start_stage(Stage.UPLOAD, "w4", message.model_copy(update={"worker_type": "gpu"}))
+    status.succeed({"ok": True})
+    assert [s.state for s in status.subtasks] == [TaskState.SUCCESS] * 4 and status.worker_type == "gpu"
+    with pytest.raises(TaskFinishedError):
+        status.finish_stage(Stage.UPSCALE)  # what the upscaler's late record meets: counted as done
+
+
 def test_progress_never_goes_backwards() -> None:
     status = new_status()
     status.start_stage(Stage.FETCH, "w")
