@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 import nats
 import pytest
+from nats.js.errors import KeyDeletedError, KeyNotFoundError
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared.messages import EVENTS_STREAM, EVENTS_SUBJECTS, WORKERS_BUCKET, Stage, queued_filter
@@ -92,8 +93,16 @@ async def heartbeats(nats_url: str) -> dict[int, dict]:
     nc = await nats.connect(nats_url)
     try:
         kv = await nc.jetstream().key_value(WORKERS_BUCKET)
-        records = [json.loads((await kv.get(key)).value) for key in await kv.keys()]
-        return {record["pid"]: record for record in records}
+        records = {}
+        for key in await kv.keys():
+            try:
+                entry = await kv.get(key)
+            except (KeyNotFoundError, KeyDeletedError):  # withdrawn or expired since the listing
+                continue
+            if entry.value:
+                record = json.loads(entry.value)
+                records[record["pid"]] = record
+        return records
     finally:
         await nc.close()
 
