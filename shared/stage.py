@@ -43,9 +43,9 @@ log = structlog.get_logger()
 MAX_BACKOFF_S = 30.0
 
 
-def backoff_s(attempt: int, base_s: float) -> float:
-    """Exponential backoff with jitter between half and the whole step, capped."""
-    step = min(MAX_BACKOFF_S, base_s * (2 ** max(attempt - 1, 0)))
+def backoff_s(attempt: int, base_s: float, cap_s: float = MAX_BACKOFF_S) -> float:
+    """Exponential backoff with jitter between half and the whole step, capped at `cap_s`."""
+    step = min(cap_s, base_s * (2 ** max(attempt - 1, 0)))
     return step * random.uniform(0.5, 1.0)
 
 

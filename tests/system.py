@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import nats
+from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError, NotFoundError
 
 from shared.messages import EVENTS_SUBJECTS, PRIORITIES, WORKERS_BUCKET, work_stream
 
@@ -90,17 +91,7 @@ class System:
             raise AssertionError(f"services not ready in {timeout_s}s:\n{self.logs()}") from exc
 
     async def _worker_pids(self) -> set[int]:
-        nc = await nats.connect(self.nats_url)
-        try:
-            kv = await nc.jetstream().key_value(WORKERS_BUCKET)
-            pids = set()
-            for key in await kv.keys():
-                pids.add(json.loads((await kv.get(key)).value)["pid"])
-            return pids
-        except Exception:
-            return set()
-        finally:
-            await nc.close()
+        return {record["pid"] for record in await worker_records(self.nats_url)}
 
     async def wait_heartbeats(self, pids: set[int], timeout_s: float) -> None:
         """Until a heartbeat of each worker process in `pids` is in the workers bucket."""
@@ -190,5 +181,27 @@ async def queued_messages(nats_url: str) -> int:
     try:
         js = nc.jetstream()
         return sum([(await js.stream_info(work_stream(p))).state.messages for p in PRIORITIES])
+    finally:
+        await nc.close()
+
+
+async def worker_records(nats_url: str) -> list[dict]:
+    """The heartbeat record of every live process (none before the first service made the bucket)."""
+    nc = await nats.connect(nats_url)
+    try:
+        try:
+            kv = await nc.jetstream().key_value(WORKERS_BUCKET)
+            keys = await kv.keys()
+        except (NotFoundError, NoKeysError):
+            return []
+        records = []
+        for key in keys:
+            try:
+                entry = await kv.get(key)
+            except (KeyNotFoundError, KeyDeletedError):  # withdrawn or expired since the listing
+                continue
+            if entry.value:
+                records.append(json.loads(entry.value))
+        return records
     finally:
         await nc.close()

@@ -14,7 +14,6 @@ place, so a task that ends while no notifier runs still gets its callback when o
 from __future__ import annotations
 
 import asyncio
-import random
 import signal
 import time
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from shared.metrics import WorkerMetrics
 from shared.nats import Topology, connect, declare
 from shared.netguard import AddressPolicy
 from shared.presence import VERSION, make_worker_id, presence
+from shared.stage import backoff_s
 from shared.state import TaskStatus
 from shared.transport import guarded_client
 
@@ -42,7 +42,7 @@ CONSUMER = "notifier"
 SERVICE = "notifier"
 STAGE_LABEL = "notify"  # its deliveries in the workers' tm_stage_* metrics, as if it were a stage
 FETCH_WAIT_S = 1.0
-MAX_BACKOFF_S = 600.0
+MAX_BACKOFF_S = 600.0  # a receiver may be down for a while: webhook retries wait longer than stage retries
 log = structlog.get_logger()
 
 
@@ -58,11 +58,6 @@ def consumer_config(settings: Settings) -> ConsumerConfig:
         max_ack_pending=-1,
         num_replicas=settings.replicas,
     )
-
-
-def backoff_s(attempt: int, base_s: float) -> float:
-    """base, 2x base, 4x base ... (capped at 10 minutes), with jitter between half and the whole step."""
-    return min(MAX_BACKOFF_S, base_s * 2 ** max(attempt - 1, 0)) * random.uniform(0.5, 1.0)
 
 
 @dataclass
@@ -163,7 +158,7 @@ class Notifier:
             self.counters.delivered += 1
             log.info("webhook_delivered", **fields)
         elif outcome.retry and attempt < self.settings.webhook_max_attempts:
-            delay = backoff_s(attempt, self.settings.webhook_retry_base_s)
+            delay = backoff_s(attempt, self.settings.webhook_retry_base_s, MAX_BACKOFF_S)
             await msg.nak(delay=delay)
             self.counters.retried += 1
             log.info("webhook_retry", delay_s=round(delay, 3), **fields)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -11,30 +10,17 @@ import sys
 from pathlib import Path
 
 import httpx
-import nats
 import pytest
 
-from shared.messages import WORKERS_BUCKET
 from tests.servers import S3Server
-from tests.system import ROOT, free_port
+from tests.system import ROOT, free_port, worker_records
 
 SERVICES = {"api", "fetcher", "classifier", "upscaler", "uploader", "notifier"}
 
 
 async def live_workers(nats_url: str) -> dict[str, int]:
-    """service -> pid of every worker whose heartbeat key is present."""
-    nc = await nats.connect(nats_url)
-    try:
-        kv = await nc.jetstream().key_value(WORKERS_BUCKET)
-        found = {}
-        for key in await kv.keys():
-            record = json.loads((await kv.get(key)).value)
-            found[record["service"]] = record["pid"]
-        return found
-    except Exception:
-        return {}
-    finally:
-        await nc.close()
+    """service -> pid of every process whose heartbeat key is present."""
+    return {record["service"]: record["pid"] for record in await worker_records(nats_url)}
 
 
 async def wait_for(condition, timeout_s: float, what: str):

@@ -26,13 +26,12 @@ from pathlib import Path
 import httpx
 import nats
 import pytest
-from nats.js.errors import KeyDeletedError, KeyNotFoundError
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.messages import EVENTS_STREAM, EVENTS_SUBJECTS, WORKERS_BUCKET, Stage, queued_filter
+from shared.messages import EVENTS_STREAM, EVENTS_SUBJECTS, Stage, queued_filter
 from tests.e2e.images import photo
 from tests.servers import NatsServer, StaticHTTPServer
-from tests.system import System, wait_terminal
+from tests.system import System, wait_terminal, worker_records
 
 TASK = "image_super_resolution_pipeline"
 TASKS = 12  # per phase: at least 4 per instance at 3 instances
@@ -90,21 +89,7 @@ async def scrape_settled(urls: dict[str, str], stage: Stage, expected: int) -> d
 
 async def heartbeats(nats_url: str) -> dict[int, dict]:
     """The workers bucket's records by pid."""
-    nc = await nats.connect(nats_url)
-    try:
-        kv = await nc.jetstream().key_value(WORKERS_BUCKET)
-        records = {}
-        for key in await kv.keys():
-            try:
-                entry = await kv.get(key)
-            except (KeyNotFoundError, KeyDeletedError):  # withdrawn or expired since the listing
-                continue
-            if entry.value:
-                record = json.loads(entry.value)
-                records[record["pid"]] = record
-        return records
-    finally:
-        await nc.close()
+    return {record["pid"]: record for record in await worker_records(nats_url)}
 
 
 def signal_all(system: System, names: list[str], sig: int) -> None:
