@@ -12,6 +12,11 @@ from shared.messages import TASK_NAME, UpscaleOptions
 # What the API accepts, as far as JSON Schema can say it (the OpenAPI document shows it; the
 # checks themselves, with their field-level 400s, are in services/api/submission.py).
 ARGS_SCHEMA: JsonDict = {"items": {"type": "string", "minLength": 1}, "minItems": 2, "maxItems": 2}
+# An http(s) URL with a host (name, IPv4 or bracketed IPv6), optional port, path and query: the schema says
+# what is accepted; submission.py enforces it and then which hosts may be reached (the address policy).
+CALLBACK_PATTERN = (
+    r"^https?://([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?(/[^\s?#]*)?(\?[^\s#]*)?$"
+)
 KWARGS_SCHEMA: JsonDict = {
     "properties": UpscaleOptions.model_json_schema()["properties"],
     "additionalProperties": False,
@@ -46,7 +51,9 @@ class SubmitTaskRequest(BaseModel):
     callback_url: str | None = Field(
         default=None,
         max_length=2048,
-        description="Optional http(s) URL the final status is POSTed to when the task ends (docs/events.md)",
+        description="Optional http(s) URL the final status is POSTed to when the task ends (docs/events.md); "
+        "private, loopback and link-local addresses are refused",
+        json_schema_extra={"pattern": CALLBACK_PATTERN},  # enforced, with a readable 400, in submission.py
     )
 
 

@@ -6,12 +6,13 @@ becomes a task that fails later: the task name, both URLs, and every upscaler op
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
-from services.api.schemas import SubmitTaskRequest
+from services.api.schemas import CALLBACK_PATTERN, SubmitTaskRequest
 from services.uploader.destinations import HttpPut, LocalFile, parse_destination
 from services.upscaler.options import validate_options
 from shared.errors import InputError
@@ -94,12 +95,7 @@ def validate_callback(request: SubmitTaskRequest, policy: AddressPolicy | None =
     url = request.callback_url
     if url is None:
         return None
-    try:
-        parts = urlsplit(url)
-        usable = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
-    except ValueError:  # e.g. an unclosed IPv6 bracket
-        usable = False
-    if not usable:
+    if not re.fullmatch(CALLBACK_PATTERN, url):
         raise SubmissionError("callback_url: must be an http or https URL with a host")
     if policy is not None:
         try:
