@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Callable, Iterable
+from pathlib import PurePosixPath
 from typing import TypeVar
+from urllib.parse import unquote, urlsplit
 
 from PIL import BmpImagePlugin, GifImagePlugin, Image, JpegImagePlugin, PngImagePlugin, TiffImagePlugin, WebPImagePlugin
 
@@ -54,18 +56,17 @@ _DOCUMENTS = frozenset({"html", "xml", "pdf", "postscript", "zip", "gzip"})
 _FTYP_BRANDS = {b"heic": "heic", b"heix": "heic", b"mif1": "heif", b"msf1": "heif", b"avif": "avif", b"avis": "avif"}
 
 
-def format_for_path(path: str) -> str | None:
-    """Output format named by a path's extension (png, jpeg, webp), or None."""
-    lowered = path.lower().split("?", 1)[0]
-    for extension, fmt in _EXTENSIONS.items():
-        if lowered.endswith(extension):
-            return fmt
-    return None
+def format_for_url(url: str) -> str | None:
+    """Output format named by the extension of a URL's path (png, jpeg, webp; the query is ignored), or None."""
+    path = unquote(urlsplit(url).path)
+    if path.endswith("/"):
+        return None  # PurePosixPath would drop the slash and read "dir.png/" as a .png file
+    return _EXTENSIONS.get(PurePosixPath(path).suffix.lower())
 
 
 def output_format(requested: str | None, output_url: str) -> str:
     """The output format: as requested, else from the URL's extension, else PNG (lossless)."""
-    return requested or format_for_path(output_url) or "png"
+    return requested or format_for_url(output_url) or "png"
 
 
 def sniff_format(data: bytes) -> str | None:

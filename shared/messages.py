@@ -7,14 +7,24 @@ Every model ignores unknown fields, so an older service can read a newer message
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 import msgpack
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
 
 SCHEMA_VERSION = 1
 PRIORITIES = range(0, 11)  # 0 lowest .. 10 highest, as the API accepts them
 TASK_NAME = "image_super_resolution_pipeline"
+
+
+def _integral_float_to_int(value: Any) -> Any:
+    """5.0 is the integer 5 in JSON (and in JSON Schema's "integer"); 5.5, "5" and true stay refused."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+WholeNumber = Annotated[StrictInt, BeforeValidator(_integral_float_to_int)]
 
 
 class Stage(StrEnum):
@@ -121,9 +131,9 @@ class UpscaleOptions(BaseModel):
 
     model: str | None = None  # official model name; None: routed from the category
     outscale: float | None = None  # final scale; None: the model's native scale
-    tile: int | None = None  # tile size in input pixels; 0: no tiling; None: automatic
-    tile_pad: int = 10
-    pre_pad: int = 0
+    tile: WholeNumber | None = None  # tile size in input pixels; 0: no tiling; None: automatic
+    tile_pad: WholeNumber = 10
+    pre_pad: WholeNumber = 0
     denoise_strength: float | None = None  # realesr-general-x4v3 only
     output_format: str | None = None  # png | jpeg | webp; None: from the output URL's extension
     alpha_mode: str = "premultiplied"  # premultiplied | network | resize: how alpha goes through the upscaler

@@ -4,49 +4,40 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from pydantic.config import JsonDict
 
-from shared.messages import TASK_NAME, UpscaleOptions
+from services.api.accepted import ARGS, CALLBACK_PATTERN, KWARGS, OUTPUT_FORMAT_RULE
+from shared.messages import TASK_NAME, WholeNumber
 
-# What the API accepts, as far as JSON Schema can say it (the OpenAPI document shows it; the
-# checks themselves, with their field-level 400s, are in services/api/submission.py).
-ARGS_SCHEMA: JsonDict = {"items": {"type": "string", "minLength": 1}, "minItems": 2, "maxItems": 2}
-# An http(s) URL with a host (name, IPv4 or bracketed IPv6), optional port, path and query: the schema says
-# what is accepted; submission.py enforces it and then which hosts may be reached (the address policy).
-CALLBACK_PATTERN = (
-    r"^https?://([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?(/[^\s?#]*)?(\?[^\s#]*)?$"
-)
-KWARGS_SCHEMA: JsonDict = {
-    "properties": UpscaleOptions.model_json_schema()["properties"],
-    "additionalProperties": False,
-}
+
+def _document_submission(schema: JsonDict) -> None:
+    schema["examples"] = [
+        {
+            "task_name": TASK_NAME,
+            "args": ["https://example.com/input.jpg", "https://s3.amazonaws.com/bucket/output.jpg"],
+            "kwargs": {},
+            "priority": 5,
+            "sync": False,
+        }
+    ]
+    # The reference lists args as optional (its task API is generic); the one task needs both URLs, and a
+    # request without them is a 400 naming `args`, so the document says so.
+    schema["required"] = [*schema.get("required", []), "args"]  # type: ignore[misc]
+    schema.update(OUTPUT_FORMAT_RULE)
 
 
 class SubmitTaskRequest(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "task_name": TASK_NAME,
-                    "args": ["https://example.com/input.jpg", "https://s3.amazonaws.com/bucket/output.jpg"],
-                    "kwargs": {},
-                    "priority": 5,
-                    "sync": False,
-                }
-            ]
-        },
-    )
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_document_submission)
 
     task_name: str = Field(description="Name of the task to execute", json_schema_extra={"enum": [TASK_NAME]})
-    args: list[Any] = Field(default_factory=list, description="[input_url, output_url]", json_schema_extra=ARGS_SCHEMA)
+    args: list[Any] = Field(default_factory=list, description="[input_url, output_url]", json_schema_extra=ARGS)
     kwargs: dict[str, Any] = Field(
         default_factory=dict,
         description="Optional: model, outscale, tile, tile_pad, pre_pad, denoise_strength, output_format, alpha_mode",
-        json_schema_extra=KWARGS_SCHEMA,
+        json_schema_extra=KWARGS,
     )
-    priority: StrictInt = Field(default=5, ge=0, le=10, description="0 (lowest) to 10 (highest)")
+    priority: WholeNumber = Field(default=5, ge=0, le=10, description="0 (lowest) to 10 (highest)")
     sync: StrictBool = Field(default=False, description="Wait for completion (bounded by TM_SYNC_WAIT_S)")
     callback_url: str | None = Field(
         default=None,

@@ -16,7 +16,7 @@ from services.api.schemas import CALLBACK_PATTERN, SubmitTaskRequest
 from services.uploader.destinations import HttpPut, LocalFile, parse_destination
 from services.upscaler.options import validate_options
 from shared.errors import InputError
-from shared.images import OUTPUT_FORMATS, format_for_path
+from shared.images import OUTPUT_FORMATS, format_for_url
 from shared.messages import TASK_NAME, UpscaleOptions
 from shared.netguard import AddressPolicy
 
@@ -31,7 +31,10 @@ class SubmissionError(ValueError):
 def _check_input_url(url: Any) -> str:
     if not isinstance(url, str) or not url:
         raise SubmissionError("args[0]: the input URL must be a non-empty string")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. a bracketed host that is no IPv6 address
+        raise SubmissionError(f"args[0]: invalid input URL ({exc}): {url!r}") from exc
     if parts.scheme not in INPUT_SCHEMES:
         raise SubmissionError(f"args[0]: unsupported URL scheme {parts.scheme!r}; use {', '.join(INPUT_SCHEMES)}")
     if parts.scheme != "file" and not parts.netloc:
@@ -64,7 +67,7 @@ def _check_options(kwargs: dict[str, Any], output_url: str) -> UpscaleOptions:
         validate_options(options)
     except ValueError as exc:
         raise SubmissionError(str(exc)) from exc
-    if options.output_format is None and format_for_path(output_url) is None:
+    if options.output_format is None and format_for_url(output_url) is None:
         raise SubmissionError(
             f"args[1]: cannot tell the output format from {output_url!r}; end the key in "
             f".png, .jpg or .webp, or set kwargs.output_format to one of {', '.join(OUTPUT_FORMATS)}"

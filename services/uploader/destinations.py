@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from shared.errors import InputError
@@ -22,7 +22,6 @@ _VIRTUAL_HOST = re.compile(rf"^(?P<bucket>.+)\.{_AWS_S3_HOST}$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _PRESIGN_PARAMS = frozenset({"x-amz-signature", "signature"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 
 
 @dataclass(frozen=True)
@@ -84,14 +83,6 @@ def parse_destination(url: str, *, s3_endpoint: str | None = None) -> Destinatio
     if virtual := _VIRTUAL_HOST.match(host):
         return _s3_target(virtual["bucket"], parts.path, url)
     return HttpPut(url)
-
-
-def format_from_url(url: str) -> str | None:
-    """ "png", "jpeg" or "webp" from the extension of the URL's path (query ignored), else None."""
-    path = unquote(urlsplit(url).path)
-    if path.endswith("/"):
-        return None  # PurePosixPath would drop the slash and read "dir.png/" as a .png file
-    return _FORMATS.get(PurePosixPath(path).suffix.lower())
 
 
 def _s3_target(bucket: str, path: str, url: str) -> S3Target:

@@ -11,10 +11,10 @@ from services.uploader.destinations import (
     HttpPut,
     LocalFile,
     S3Target,
-    format_from_url,
     parse_destination,
 )
 from shared.errors import InputError
+from shared.images import format_for_url
 
 ENDPOINT = "http://127.0.0.1:8333"
 
@@ -132,5 +132,5 @@ def test_invalid_urls(url: str, message: str) -> None:
         ("https://h/dir.png/", None),
     ],
 )
-def test_format_from_url(url: str, fmt: str | None) -> None:
-    assert format_from_url(url) == fmt
+def test_the_output_format_follows_the_url_path_extension(url: str, fmt: str | None) -> None:
+    assert format_for_url(url) == fmt
