@@ -15,12 +15,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from shared.config import Settings
+from shared.job import Handler
 from shared.logging import configure_logging
 from shared.messages import Stage
 from shared.metrics import WorkerMetrics
 from shared.nats import Topology, connect, declare
 from shared.presence import VERSION, make_worker_id, presence
-from shared.stage import Handler, StageRunner
+from shared.stage import StageRunner
 
 HandlerFactory = Callable[[Topology, Settings], Awaitable[Handler]]
 InfoProvider = Callable[[], dict[str, Any]]

@@ -13,6 +13,8 @@ task's objects, and graceful shutdown.
     task gone / terminal -> (deleted, revoked, timed out) ack and drop: nobody wants the work
     no progress for TM_STALL_TIMEOUT_S -> the handler is cancelled and the message retried
     SIGTERM              -> stop taking; finish in-flight work for TM_SHUTDOWN_GRACE_S, nak the rest
+    redelivered while this process still works on the task (its in-progress acks did not reach a
+    broker in failover) -> wait for that run to end, then the state decides (done: dropped)
 """
 
 from __future__ import annotations
@@ -20,9 +22,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import structlog
 from nats.aio.msg import Msg
@@ -31,11 +31,12 @@ from shared.blobs import discard_task_blobs
 from shared.config import Settings
 from shared.deadletters import dead_letter
 from shared.errors import PermanentError, RetryableError
+from shared.job import Handler, Job
 from shared.messages import Stage, TaskMessage, next_stage, work_subject
 from shared.metrics import WorkerMetrics
 from shared.nats import Topology
 from shared.puller import PriorityPuller
-from shared.state import StageAlreadyDoneError, TaskFinishedError, TaskState, TaskStatus
+from shared.state import StageAlreadyDoneError, TaskFinishedError, TaskState
 from shared.tasks import TaskGoneError, TaskStore
 
 log = structlog.get_logger()
@@ -50,44 +51,13 @@ def backoff_s(attempt: int, base_s: float, cap_s: float = MAX_BACKOFF_S) -> floa
 
 
 @dataclass
-class Job:
-    """One message being worked on, as a handler sees it."""
-
-    task: TaskMessage
-    status: TaskStatus
-    attempt: int
-    stage: Stage
-    store: TaskStore
-    last_activity: float = field(default_factory=time.monotonic)
-    waiting_locally: bool = False  # queued inside the process (e.g. for the model): alive, not stalled
-    _last_progress_s: float = field(default=0.0)
-
-    def touch(self) -> None:
-        """Show the job is alive and moving (the watchdog extends the ack deadline only then)."""
-        self.last_activity = time.monotonic()
-
-    async def report_progress(self, fraction: float, min_interval_s: float = 0.25) -> None:
-        """Record progress inside this stage; raises TaskFinishedError if the task was ended meanwhile."""
-        self.touch()
-        if fraction >= 1.0:
-            return  # the stage's finish write follows at once and marks its share done
-        now = time.monotonic()
-        if now - self._last_progress_s < min_interval_s:
-            return
-        self._last_progress_s = now
-        self.status = await self.store.update(self.task.task_id, lambda s: s.report_progress(self.stage, fraction))
-
-
-Handler = Callable[[Job], Coroutine[Any, Any, TaskMessage | None]]
-
-
-@dataclass
 class StageCounters:
     succeeded: int = 0
     failed: int = 0
     retried: int = 0
     dropped: int = 0
     handed_back: int = 0
+    waited_for_own_run: int = 0  # a delivery that came while this process was still working on its task
 
 
 class StageStalledError(RetryableError):
@@ -114,6 +84,7 @@ class StageRunner:
         self.store = TaskStore(topology.tasks, topology.js)
         self.counters = StageCounters()
         self.in_flight: dict[str, float] = {}  # task_id -> monotonic start
+        self._runs: dict[str, asyncio.Event] = {}  # task_id -> set when this process's run of it ends
         self.metrics = metrics  # the process's /metrics (shared/metrics.py); None in tests that need none
         if metrics is not None:
             metrics.watch_in_flight(stage.value, lambda: len(self.in_flight))
@@ -158,8 +129,10 @@ class StageRunner:
             await msg.term()
             return
         with structlog.contextvars.bound_contextvars(task_id=task.task_id, stage=self.stage.value):
+            await self._after_own_run(msg, task.task_id)
             started = time.monotonic()
             self.in_flight[task.task_id] = started
+            self._runs[task.task_id] = run_ended = asyncio.Event()
             try:
                 outcome = await self._process(msg, task)
             except Exception as exc:  # NATS trouble while recording: the message will be redelivered
@@ -167,6 +140,8 @@ class StageRunner:
                 outcome = "error"
             finally:
                 self.in_flight.pop(task.task_id, None)
+                del self._runs[task.task_id]
+                run_ended.set()
             elapsed_s = time.monotonic() - started
             if self.metrics is not None:
                 self.metrics.observe(self.stage.value, outcome, elapsed_s)
@@ -176,6 +151,32 @@ class StageRunner:
                 duration_ms=round(elapsed_s * 1000, 1),
                 num_delivered=msg.metadata.num_delivered,
             )
+
+    async def _after_own_run(self, msg: Msg, task_id: str) -> None:
+        """Let a delivery of a task this process is still working on wait for that run to end.
+
+        At-least-once delivery brings a message back when its ack wait runs out, which in-progress
+        acks prevent unless the broker is away (a node failing over): the same process may then be
+        handed the task it is working on. Running it beside itself would do the work twice (two
+        uploads of one output); after the first run the task's state says whether anything is left.
+        """
+        if task_id not in self._runs:
+            return
+        self.counters.waited_for_own_run += 1
+        log.info("redelivered_while_running", num_delivered=msg.metadata.num_delivered)
+        while (run_ended := self._runs.get(task_id)) is not None:
+            try:
+                await asyncio.wait_for(run_ended.wait(), timeout=self._keepalive_s)
+            except TimeoutError:
+                try:
+                    await msg.in_progress()  # this delivery stays ours while it waits
+                except Exception as exc:
+                    log.warning("in_progress_failed", error=str(exc))
+
+    @property
+    def _keepalive_s(self) -> float:
+        """How often a message in hand is marked in progress: well within the ack wait and the stall limit."""
+        return max(min(self.settings.ack_wait_s / 3, self.settings.stall_timeout_s / 2), 0.2)
 
     async def _process(self, msg: Msg, task: TaskMessage) -> str:
         attempt = msg.metadata.num_delivered or 1
@@ -227,10 +228,9 @@ class StageRunner:
         """Run the handler; while it makes progress keep the message ours, cancel it when it stalls."""
         work: asyncio.Task[TaskMessage | None] = asyncio.create_task(self.handler(job))
         self._works.add(work)
-        interval = max(min(self.settings.ack_wait_s / 3, self.settings.stall_timeout_s / 2), 0.2)
         try:
             while True:
-                done, _ = await asyncio.wait({work}, timeout=interval)
+                done, _ = await asyncio.wait({work}, timeout=self._keepalive_s)
                 if done:
                     return work.result()
                 if job.waiting_locally:

@@ -9,9 +9,9 @@ from services.classifier.classify import classify
 from shared.blobs import read_blob
 from shared.config import Settings
 from shared.images import DECODABLE_FORMATS, open_image
+from shared.job import Handler, Job
 from shared.messages import Classification, TaskMessage, input_object
 from shared.nats import Topology
-from shared.stage import Handler, Job
 
 
 def classify_bytes(

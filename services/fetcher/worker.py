@@ -10,9 +10,9 @@ from services.fetcher.sources import read_input
 from shared.blobs import write_blob
 from shared.config import Settings
 from shared.images import open_image
+from shared.job import Handler, Job
 from shared.messages import TaskMessage, input_object
 from shared.nats import Topology
-from shared.stage import Handler, Job
 from shared.transport import task_client
 
 

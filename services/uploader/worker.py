@@ -10,9 +10,9 @@ from shared.blobs import discard_task_blobs, read_blob
 from shared.config import Settings
 from shared.egress import s3_endpoint
 from shared.images import OUTPUT_FORMATS, output_format
+from shared.job import Handler, Job
 from shared.messages import TaskMessage, output_object
 from shared.nats import Topology
-from shared.stage import Handler, Job
 from shared.transport import task_client
 
 

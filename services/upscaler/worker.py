@@ -15,9 +15,9 @@ from services.upscaler.plan import Cancelled
 from shared.blobs import read_blob, write_blob
 from shared.config import Settings
 from shared.images import open_image, output_format
+from shared.job import Handler, Job
 from shared.messages import Category, TaskMessage, input_object, output_object
 from shared.nats import Topology
-from shared.stage import Handler, Job
 from shared.state import TaskFinishedError
 from shared.tasks import TaskGoneError
 

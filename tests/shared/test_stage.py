@@ -11,10 +11,11 @@ import pytest
 from shared.config import Settings
 from shared.deadletters import list_dead
 from shared.errors import InputError, RetryableError
+from shared.job import Job
 from shared.messages import EVENTS_SUBJECTS, Stage, TaskMessage, work_stream, work_subject
 from shared.nats import Topology
 from shared.puller import PriorityPuller
-from shared.stage import Job, StageRunner, backoff_s
+from shared.stage import StageRunner, backoff_s
 from shared.state import TaskStatus
 from shared.tasks import TaskStore
 
@@ -262,3 +263,45 @@ async def test_a_redelivery_republishes_the_event_its_worker_died_before_publish
     event = await events.next_msg(timeout=5)
     assert event.subject == "task.events.image_super_resolution_pipeline.success"
     assert json.loads(event.data)["task_id"] == "ended"
+
+
+async def test_a_redelivery_while_this_process_still_runs_the_task_waits_instead_of_running_twice(
+    topology: Topology, settings: Settings
+) -> None:
+    """A broker in failover misses in-progress acks, the ack wait runs out and the message comes
+    back to the process still working on it (the fault test saw two uploads of one output). The
+    second delivery is a second message for the same task and stage here, taken while the first runs."""
+    store = await queue_task(topology, "busy")
+    first_running, release = asyncio.Event(), asyncio.Event()
+    runs = 0
+
+    async def handle(job: Job) -> TaskMessage:
+        nonlocal runs
+        runs += 1
+        first_running.set()
+        while not release.is_set():
+            await asyncio.sleep(0.05)
+            job.touch()
+        return job.task
+
+    runner = StageRunner(Stage.FETCH, handle, topology, settings.model_copy(update={"concurrency": 2}), "w")
+    running = asyncio.create_task(runner.run())
+    try:
+        await asyncio.wait_for(first_running.wait(), timeout=10)
+        message = TaskMessage(task_id="busy", input_url="i", output_url="o", submitted_at="t")
+        await topology.js.publish(work_subject(5, Stage.FETCH, "busy"), message.pack())
+        async with asyncio.timeout(10):
+            while runner.counters.waited_for_own_run == 0 and runs == 1:
+                await asyncio.sleep(0.01)
+        assert runs == 1, "the second delivery ran beside the first"
+        release.set()
+        async with asyncio.timeout(10):
+            while runner.counters.succeeded + runner.counters.dropped < 2:
+                await asyncio.sleep(0.01)
+    finally:
+        runner.stop()
+        await asyncio.wait_for(running, timeout=10)
+    assert runs == 1 and runner.counters.succeeded == 1 and runner.counters.dropped == 1
+    assert await queued(topology) == {"tm.work.p5.classify.busy": 1}
+    status = await store.get("busy")
+    assert status is not None and status.subtask(Stage.FETCH).attempts == 1

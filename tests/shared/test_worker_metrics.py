@@ -12,10 +12,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shared.config import Settings
 from shared.errors import InputError, RetryableError
+from shared.job import Job
 from shared.messages import Stage, TaskMessage, work_subject
 from shared.metrics import WorkerMetrics
 from shared.nats import Topology
-from shared.stage import Job, StageRunner
+from shared.stage import StageRunner
 from shared.state import TaskStatus
 from shared.tasks import TaskStore
 

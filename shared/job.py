@@ -1,0 +1,44 @@
+"""A message being worked on, as a stage's handler sees it (shared/stage.py runs the handler)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.messages import Stage, TaskMessage
+from shared.state import TaskStatus
+from shared.tasks import TaskStore
+
+
+@dataclass
+class Job:
+    """One message being worked on, as a handler sees it."""
+
+    task: TaskMessage
+    status: TaskStatus
+    attempt: int
+    stage: Stage
+    store: TaskStore
+    last_activity: float = field(default_factory=time.monotonic)
+    waiting_locally: bool = False  # queued inside the process (e.g. for the model): alive, not stalled
+    _last_progress_s: float = field(default=0.0)
+
+    def touch(self) -> None:
+        """Show the job is alive and moving (the watchdog extends the ack deadline only then)."""
+        self.last_activity = time.monotonic()
+
+    async def report_progress(self, fraction: float, min_interval_s: float = 0.25) -> None:
+        """Record progress inside this stage; raises TaskFinishedError if the task was ended meanwhile."""
+        self.touch()
+        if fraction >= 1.0:
+            return  # the stage's finish write follows at once and marks its share done
+        now = time.monotonic()
+        if now - self._last_progress_s < min_interval_s:
+            return
+        self._last_progress_s = now
+        self.status = await self.store.update(self.task.task_id, lambda s: s.report_progress(self.stage, fraction))
+
+
+Handler = Callable[[Job], Coroutine[Any, Any, TaskMessage | None]]
