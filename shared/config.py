@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     # Access: API keys (comma-separated, or one per line in a file); empty: no authentication.
     api_keys: str = Field(default="", repr=False)
     api_keys_file: Path | None = None
+    dashboard_session_s: float = Field(default=12 * 3600, ge=0)  # sign-in cookie lifetime; 0: header keys only
     rate_limit_per_s: float = Field(default=20.0, gt=0)  # per client (key, else IP): token refill
     rate_limit_burst: int = Field(default=40, ge=1)
     max_queue_depth: int = Field(default=10_000, ge=1)  # waiting messages across all work queues

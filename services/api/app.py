@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 import structlog
 from fastapi import Depends, FastAPI
 
-from services.api.auth import UNAUTHORIZED, ApiKeyGuard
+from services.api.auth import UNAUTHORIZED, ApiKeyGuard, SignInRequired
 from services.api.backpressure import QueueDepth
 from services.api.bodylimit import BodySizeLimit
 from services.api.deps import ApiContext
@@ -17,6 +17,7 @@ from services.api.errors import install_error_handlers
 from services.api.metrics import ApiMetrics
 from services.api.ratelimit import TOO_MANY, RateLimiter
 from services.api.routes import dashboard, events, health, task_control, tasks
+from services.api.routes.signin import DASHBOARD_401, show_sign_in, signin_router
 from services.api.sweeper import Sweeper
 from shared.config import Settings
 from shared.nats import connect, declare
@@ -68,10 +69,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # and the docs stay open); every /api/v1 route spends a token of its client's bucket.
     guard = [Depends(ApiKeyGuard(keys))] if keys else []
     guarded = UNAUTHORIZED if keys else {}
+    dashboard_guard, dashboard_401 = guard, guarded
+    if keys and config.dashboard_session_s:  # browsers sign in to the dashboard once (routes/signin.py)
+        browser_guard = ApiKeyGuard(keys, session_s=config.dashboard_session_s)
+        dashboard_guard, dashboard_401 = [Depends(browser_guard)], DASHBOARD_401
+        app.include_router(signin_router(browser_guard))
+        app.add_exception_handler(SignInRequired, show_sign_in)
     limited = [*guard, Depends(RateLimiter(config.rate_limit_per_s, config.rate_limit_burst))]
     app.include_router(tasks.router, dependencies=limited, responses={**guarded, **TOO_MANY})
     app.include_router(task_control.router, dependencies=limited, responses={**guarded, **TOO_MANY})
     app.include_router(events.router, dependencies=limited, responses={**guarded, **TOO_MANY})
     app.include_router(health.router)
-    app.include_router(dashboard.router, dependencies=guard, responses=guarded)
+    app.include_router(dashboard.router, dependencies=dashboard_guard, responses=dashboard_401)
     return app

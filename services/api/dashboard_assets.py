@@ -10,7 +10,7 @@ PAGE = """<!doctype html>
 <h1>task-manager</h1><span class="version">v<!--version--></span>
 <span id="refreshed" class="live" title="refreshes every <!--refresh_s--> s">Updated <!--time--> UTC</span>
 <nav><a href="/docs">Swagger UI</a><a href="/redoc">ReDoc</a><a href="/dashboard/data">JSON</a>
-<a href="/dashboard/metrics">Prometheus metrics</a></nav>
+<a href="/dashboard/metrics">Prometheus metrics</a><!--signout--></nav>
 </header>
 <main>
 <!--summary-->
@@ -32,7 +32,9 @@ body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:
 header{display:flex;align-items:baseline;gap:1rem;flex-wrap:wrap;padding:.9rem 2rem;background:#1f2933;color:#f4f5f7}
 header h1{font-size:1.3rem;margin:0}
 header .version{color:#9aa5b1}
-header nav{margin-left:auto;display:flex;gap:1rem}
+header nav{margin-left:auto;display:flex;gap:1rem;align-items:center}
+header nav form{margin:0}header nav button{font:inherit;background:none;border:1px solid currentColor;
+border-radius:4px;color:inherit;padding:1px 8px;cursor:pointer}
 header a{color:#bcccdc}
 #refreshed{font-size:.85rem;padding:.1rem .55rem;border-radius:1rem;background:#2f3e4c}
 #refreshed.live::before{content:"";display:inline-block;width:.5rem;height:.5rem;border-radius:50%;
@@ -124,6 +126,7 @@ SCRIPT = """
   async function refresh() {
     try {
       const response = await fetch(spec.url, {headers: {Accept: "application/json"}, cache: "no-store"});
+      if (response.status === 401) { location.reload(); return; }  // session ended: the sign-in page
       if (!response.ok) throw new Error("HTTP " + response.status);
       const data = await response.json();
       for (const s of spec.sections) document.querySelector(`#${s.id} > .body`).innerHTML = render(s, data);

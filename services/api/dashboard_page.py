@@ -152,9 +152,13 @@ def render_section(section: Section, data: dict[str, Any]) -> str:
 QUEUE_SECTIONS = ("stages", "consumers", "streams")  # shown side by side under one "Queues" heading
 
 
-def render_page(data: dict[str, Any], data_url: str) -> str:
-    """The whole page for one /dashboard/data document."""
+SIGN_OUT = "<form method='post' action='/dashboard/signout'><button type='submit'>Sign out</button></form>"
+
+
+def render_page(data: dict[str, Any], data_url: str, signed_in: bool = False) -> str:
+    """The whole page for one /dashboard/data document (with a sign-out button for a browser session)."""
     fills = {
+        "signout": SIGN_OUT if signed_in else "",
         "style": STYLE,
         "script": SCRIPT,
         "version": escape(str(data.get("version", ""))),

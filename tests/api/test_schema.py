@@ -25,8 +25,8 @@ from tests.api.conftest import api_only
 
 KEY = "schema-test-key"
 EXAMPLES_PER_OPERATION = 40
-OPERATIONS = 9  # POST /api/v1/tasks, GET/DELETE /api/v1/tasks/{id}, POST .../revoke, GET .../events, /health,
-# /dashboard, /dashboard/metrics, /dashboard/data
+OPERATIONS = 11  # POST /api/v1/tasks, GET/DELETE /api/v1/tasks/{id}, POST .../revoke, GET .../events, /health,
+# /dashboard, /dashboard/metrics, /dashboard/data, and with keys on POST /dashboard/signin and /dashboard/signout
 
 
 def test_the_api_keeps_its_openapi_contract(tmp_path: Path) -> None:

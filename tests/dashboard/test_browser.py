@@ -1,5 +1,6 @@
 """The dashboard in a real headless Chromium: it refreshes itself in place (no page reload) while a
-task runs to SUCCESS, and a full-page screenshot of it is a real render.
+task runs to SUCCESS, a full-page screenshot of it is a real render, and with API keys on a browser
+signs in through the form (session cookie) and out again.
 
 Needs Debian's chromium at /usr/bin/chromium and the `playwright` package (the test extra); it
 skips cleanly without them. Playwright's own browser download is never used.
@@ -14,6 +15,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from tests.api.conftest import api_only
 from tests.system import ROOT, STAGE_SERVICES, System
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -74,3 +76,36 @@ def test_dashboard_follows_a_task_without_reloading(system: System, task_body: d
         low, high = grey.getextrema()
         assert high - low > 100, "the screenshot is (nearly) one colour"
         assert len(grey.histogram()) == 256 and sum(1 for n in grey.histogram() if n) > 20
+
+
+def test_a_browser_signs_in_with_an_api_key_and_out_again(tmp_path: Path) -> None:
+    key = "tm-browser-" + "k" * 24
+    page_errors: list[str] = []
+    with api_only(tmp_path, TM_API_KEYS=key) as system, sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+            page.goto(f"{system.api_url}/dashboard", wait_until="load", timeout=30_000)
+            form = page.locator("form[action='/dashboard/signin']")
+            sync_api.expect(form).to_be_visible()
+
+            page.fill("#key", "not-the-key")
+            page.click("button[type=submit]")
+            sync_api.expect(page.locator(".error")).to_have_text("That is not a valid API key.")
+
+            page.fill("#key", key)
+            page.click("button[type=submit]")
+            sync_api.expect(page.locator("h2", has_text="Worker pool")).to_be_visible()
+            assert page.url == f"{system.api_url}/dashboard"
+            # The refresh script's fetches carry the session too: the page keeps updating in place.
+            page.wait_for_function("Number(document.body.dataset.refreshes || 0) >= 2", timeout=15_000)
+            sync_api.expect(page.locator("#refreshed")).to_have_class("live")
+            assert all(c["httpOnly"] for c in page.context.cookies() if c["name"] == "tm_dashboard")
+            assert page.evaluate("document.cookie") == ""  # not readable by scripts
+
+            page.click("text=Sign out")
+            sync_api.expect(form).to_be_visible()
+        finally:
+            browser.close()
+    assert page_errors == []

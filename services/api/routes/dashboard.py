@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from services.api.auth import SESSION_COOKIE
 from services.api.dashboard_page import render_page
 from services.api.deps import ContextDep
 from services.api.overview import DashboardData, Endpoint, collect
@@ -54,4 +55,6 @@ async def dashboard_data(request: Request, ctx: ContextDep) -> DashboardData:
 async def dashboard(request: Request, ctx: ContextDep) -> HTMLResponse:
     """View system metrics and status."""
     data = await collect(ctx.topology, _endpoints(request))
-    return HTMLResponse(render_page(data.model_dump(mode="json"), str(request.url_for("dashboard_data").path)))
+    signed_in = SESSION_COOKIE in request.cookies
+    page = render_page(data.model_dump(mode="json"), str(request.url_for("dashboard_data").path), signed_in)
+    return HTMLResponse(page)
