@@ -2,12 +2,13 @@
 
 `api_system` starts one per test, with extra environment from
 @pytest.mark.system_env(TM_API_KEYS="k1,k2"); `api_only` is the same as a context manager for
-module-scoped fixtures that many tests share.
+module-scoped fixtures that many tests share; `secured` is one with KEY_1 and KEY_2 configured.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ from tests.system import System
 
 TASK = "image_super_resolution_pipeline"
 SUBMISSION = {"task_name": TASK, "args": ["https://example.com/in.jpg", "s3://bucket/out.png"]}
+KEY_1, KEY_2, WRONG = (f"tm-{secrets.token_urlsafe(24)}" for _ in range(3))
 
 
 @contextmanager
@@ -44,3 +46,10 @@ async def api_system(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIte
     finally:
         system.stop()
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    """An API with two keys (KEY_1, KEY_2), shared by a module's tests."""
+    with api_only(tmp_path_factory.mktemp("secured"), TM_API_KEYS=f"{KEY_1}, {KEY_2}") as system:
+        yield system

@@ -3,18 +3,16 @@ the docs stay open; keys never reach the logs; without keys nothing changes."""
 
 from __future__ import annotations
 
-import secrets
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.api.conftest import SUBMISSION, api_only
+from tests.api.conftest import KEY_1, KEY_2, SUBMISSION, WRONG, api_only
 from tests.system import System
 
-KEY_1, KEY_2, WRONG = (f"tm-{secrets.token_urlsafe(24)}" for _ in range(3))
 SOME_ID = str(uuid.uuid4())
 GUARDED = [
     ("POST", "/api/v1/tasks"),
@@ -32,12 +30,6 @@ BAD_CREDENTIALS = {
     "bearer without a key": {"Authorization": "Bearer"},
     "key prefix": {"X-API-Key": KEY_1[:-1]},
 }
-
-
-@pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    with api_only(tmp_path_factory.mktemp("secured"), TM_API_KEYS=f"{KEY_1}, {KEY_2}") as system:
-        yield system
 
 
 @pytest.fixture

@@ -3,25 +3,17 @@ signed, expiring, HttpOnly session cookie that opens the /dashboard routes and n
 
 from __future__ import annotations
 
-import secrets
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
 from services.api.auth import SESSION_COOKIE, ApiKeyGuard
-from tests.api.conftest import api_only
+from tests.api.conftest import KEY_1, KEY_2, WRONG, api_only
 from tests.system import System
 
-KEY_1, KEY_2, WRONG = (f"tm-{secrets.token_urlsafe(24)}" for _ in range(3))
 HTML = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
-
-
-@pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    with api_only(tmp_path_factory.mktemp("signin"), TM_API_KEYS=f"{KEY_1},{KEY_2}") as system:
-        yield system
 
 
 @pytest.fixture
