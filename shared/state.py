@@ -89,6 +89,15 @@ class Subtask(BaseModel):
     error: str | None = None
 
 
+class CallbackDelivery(BaseModel):
+    """How the task's `callback_url` webhook went (services/notifier): the latest attempt's outcome."""
+
+    state: str  # "retrying" | "delivered" | "failed"
+    attempts: int
+    last_result: str  # "HTTP 200", "HTTP 503", "ConnectTimeout: ...", an address refusal
+    updated_at: str
+
+
 class TaskStatus(BaseModel):
     """What GET /api/v1/tasks/{id} returns: the reference's fields plus a few users will want."""
 
@@ -112,6 +121,7 @@ class TaskStatus(BaseModel):
     classification: Classification | None = None
     worker_type: str | None = None  # "gpu" | "cpu": where the upscaling ran
     run: int = 1  # incremented when an operator replays the task from the dead-letter stream
+    callback: CallbackDelivery | None = None  # only for a task with a callback_url, once it has ended
     schema_version: int = SCHEMA_VERSION
 
     @classmethod
@@ -120,6 +130,13 @@ class TaskStatus(BaseModel):
         status.subtasks = [Subtask(name=stage) for stage in PIPELINE]
         status.subtasks[0].queued_at = status.submitted_at
         return status
+
+    def record_callback(self, run: int, state: str, attempts: int, last_result: str) -> None:
+        """Note a webhook attempt on the ended task (a no-op for an earlier run than the current one)."""
+        if run == self.run:
+            self.callback = CallbackDelivery(
+                state=state, attempts=attempts, last_result=last_result, updated_at=utc_now()
+            )
 
     def subtask(self, stage: Stage) -> Subtask:
         for entry in self.subtasks:
@@ -208,7 +225,7 @@ class TaskStatus(BaseModel):
         self.run += 1
         self.state = TaskState.PENDING
         self.progress = 0.0
-        self.result = self.error = None
+        self.result = self.error = self.callback = None
         self.received_at = self.started_at = self.completed_at = None
         self.subtasks = [Subtask(name=stage) for stage in PIPELINE]
         self.subtasks[0].queued_at = utc_now()

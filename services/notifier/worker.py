@@ -5,7 +5,9 @@ reads every ended task; one without a callback is acknowledged at once. A delive
 later (a 5xx, 408, 425 or 429 answer, a timeout, a refused connection) is retried with exponential
 backoff through `nak(delay)`, up to TM_WEBHOOK_MAX_ATTEMPTS attempts; then, or at once for an answer
 no retry changes (another 4xx, a redirect, an address the SSRF rules refuse), a `webhook_failed` log
-line records the task, the URL and the last error, and the message is terminated.
+line records the task, the URL and the last error, and the message is terminated. Each attempt's
+outcome is also written to the task's status (`callback`: retrying, delivered or failed, attempts, last
+result), after the message is answered, so a slow state write can never cause a second delivery.
 
 Several notifiers share the consumer (each event goes to one of them); a durable consumer keeps its
 place, so a task that ends while no notifier runs still gets its callback when one starts.
@@ -36,6 +38,7 @@ from shared.netguard import AddressPolicy
 from shared.presence import VERSION, make_worker_id, presence
 from shared.stage import backoff_s
 from shared.state import TaskStatus
+from shared.tasks import TaskGoneError, TaskStore
 from shared.transport import guarded_client
 
 CONSUMER = "notifier"
@@ -83,6 +86,7 @@ class Notifier:
         self.client = client
         self.worker_id = worker_id
         self.counters = NotifierCounters()
+        self.store = TaskStore(topology.tasks, topology.js)
         self.in_flight: set[str] = set()
         self._stopping = asyncio.Event()
         if metrics is not None:
@@ -157,15 +161,27 @@ class Notifier:
             await msg.ack()
             self.counters.delivered += 1
             log.info("webhook_delivered", **fields)
+            await self._record(status, "delivered", attempt, outcome.detail)
         elif outcome.retry and attempt < self.settings.webhook_max_attempts:
             delay = backoff_s(attempt, self.settings.webhook_retry_base_s, MAX_BACKOFF_S)
             await msg.nak(delay=delay)
             self.counters.retried += 1
             log.info("webhook_retry", delay_s=round(delay, 3), **fields)
+            await self._record(status, "retrying", attempt, outcome.detail)
         else:
             await msg.term()
             self.counters.failed += 1
             log.error("webhook_failed", event_id=event_id, max_attempts=self.settings.webhook_max_attempts, **fields)
+            await self._record(status, "failed", attempt, outcome.detail)
+
+    async def _record(self, ended: TaskStatus, state: str, attempt: int, detail: str) -> None:
+        """Write the attempt's outcome into the task's status; best effort (the webhook is answered for)."""
+        try:
+            await self.store.update(ended.task_id, lambda s: s.record_callback(ended.run, state, attempt, detail))
+        except TaskGoneError:
+            pass  # deleted since it ended: nobody can read the record
+        except Exception as exc:
+            log.warning("callback_record_failed", task_id=ended.task_id, error=repr(exc))
 
 
 async def serve() -> None:

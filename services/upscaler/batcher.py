@@ -8,7 +8,9 @@ the previous one is pasted, so on CUDA copies and host work overlap the network.
 
 Failures stay with the image they belong to:
 - out of memory when submitting: the tiles go back and the batch size for that key is halved; at one tile,
-  the lead image continues tile by tile, quartering tiles as memory needs (plan.py);
+  the lead image continues tile by tile, quartering tiles as memory needs (plan.py). A halving is not for
+  ever (the memory may have been taken by something passing): after RECOVERY_BATCHES full batches at the
+  lower size the next size up is tried again, and each out-of-memory there doubles the wait before the next try;
 - any other error in a batch shared by several images: each of them is retried on its own, unshared, so
   one bad image cannot fail the others; in a batch of one image it fails that image;
 - a progress callback that raises, or a set cancel event, ends that image only.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import structlog
@@ -31,6 +34,29 @@ from services.upscaler.plan import ImagePlan, Tile
 log = structlog.get_logger()
 
 Entry = tuple[ImagePlan, Tile]
+RECOVERY_BATCHES = 50  # full batches at a halved size before the next size up is tried again
+
+
+@dataclass
+class BatchLimit:
+    """The batch size a key is held to after running out of memory, and when to try more again."""
+
+    size: int
+    patience: int = RECOVERY_BATCHES
+    clean: int = 0  # full batches at `size` since the last change
+
+    def out_of_memory(self, size: int) -> None:
+        self.size, self.clean, self.patience = size, 0, self.patience * 2
+
+    def succeeded(self, count: int) -> bool:
+        """Count a batch of `count` tiles that ran; True when the limit was raised (doubled)."""
+        if count < self.size:
+            return False  # a part-full batch says nothing about whether the limit still holds
+        self.clean += 1
+        if self.clean < self.patience:
+            return False
+        self.size, self.clean = self.size * 2, 0
+        return True
 
 
 def _padded_size(count: int, cap: int) -> int:
@@ -49,7 +75,8 @@ class Scheduler:
         self._plans: list[ImagePlan] = []
         self._lock = threading.Lock()  # `add` may come from other threads than `step`
         self._pending: tuple[Batch, list[Entry]] | None = None
-        self._caps: dict[object, int] = {}  # batch size per key after out-of-memory halvings
+        self._limits: dict[object, BatchLimit] = {}  # batch size per key after out-of-memory halvings
+        self.recovery_batches = RECOVERY_BATCHES
 
     def add(self, plan: ImagePlan) -> None:
         with self._lock:
@@ -88,7 +115,8 @@ class Scheduler:
     def _group(self, waiting: list[ImagePlan]) -> tuple[list[Entry], int]:
         """The lead's next tiles, topped up with tiles of other images of the same key; and the batch size."""
         lead = waiting[0]
-        cap = max(1, min(lead.job.batch, self._caps.get(lead.key, lead.job.batch)))
+        limit = self._limits.get(lead.key)
+        cap = max(1, min(lead.job.batch, limit.size if limit else lead.job.batch))
         entries: list[Entry] = [(lead, t) for t in lead.take(cap)]
         for other in waiting[1:]:
             if len(entries) >= cap or lead.solo:
@@ -115,7 +143,11 @@ class Scheduler:
         if is_out_of_memory(exc):
             self.runner.release()
             if len(entries) > 1:
-                self._caps[lead.key] = max(1, len(entries) // 2)
+                size = max(1, len(entries) // 2)
+                if (limit := self._limits.get(lead.key)) is None:
+                    self._limits[lead.key] = BatchLimit(size, patience=self.recovery_batches)
+                else:
+                    limit.out_of_memory(size)
                 self.runner.stats.oom_batch_halvings += 1
             else:
                 lead.split = True
@@ -142,6 +174,14 @@ class Scheduler:
         for plan in _plans_of(entries):
             if plan.active:
                 plan.report()
+        self._count_success(entries)
+
+    def _count_success(self, entries: list[Entry]) -> None:
+        lead = entries[0][0]
+        limit = self._limits.get(lead.key)
+        # Kept once back at the size memory.choose picked: it remembers how patient the next try must be.
+        if limit is not None and limit.size < lead.job.batch and limit.succeeded(len(entries)):
+            self.runner.stats.oom_batch_recoveries += 1
 
     def _solve_alone(self, plan: ImagePlan) -> None:
         try:

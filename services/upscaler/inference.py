@@ -33,6 +33,7 @@ class Stats:
     fp16_fallbacks: int = 0  # tiles redone in fp32 because the fp16 output held NaN or inf
     oom_splits: int = 0  # tiles (or quarters) split into quarters after running out of device memory
     oom_batch_halvings: int = 0
+    oom_batch_recoveries: int = 0  # halved batch sizes raised again after clean batches
     shared_batches: int = 0  # batches holding tiles of more than one image (tasks waiting together)
 
 

@@ -1,5 +1,6 @@
 """The notifier on the whole system: a task's final status reaches its callback_url, signed, once,
-and a receiver that fails first still gets it (retried with backoff)."""
+a receiver that fails first still gets it (retried with backoff), one that refuses it for good is
+not retried, and the task's status tells which (`callback`)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,18 @@ async def submit(system: System, http_server: StaticHTTPServer, bucket: str, cal
     return response.json()["task_id"]
 
 
+async def callback_of(system: System, task_id: str, timeout_s: float = 15) -> dict:
+    """The task's `callback` record once it is final (it is written just after the event is answered)."""
+    async with httpx.AsyncClient(base_url=system.api_url, timeout=30) as api, asyncio.timeout(timeout_s):
+        while True:
+            response = await api.get(f"/api/v1/tasks/{task_id}")
+            assert response.status_code == 200, response.text
+            record = response.json()["callback"]
+            if record is not None and record["state"] != "retrying":
+                return record
+            await asyncio.sleep(0.1)  # a KV write the API does not announce
+
+
 async def settled(system: System, timeout_s: float = 30) -> None:
     """Until the notifier holds no unacknowledged event (every delivery answered for good)."""
     nc = await nats.connect(system.nats_url)
@@ -70,6 +83,8 @@ async def test_the_final_status_arrives_once_and_signed(
     assert status["result"]["output_width"] == 96
     assert got.headers[H_EVENT_ID] == f"{task_id}.1.SUCCESS"
     assert verify(SECRET, got.headers[H_TIMESTAMP], got.body, got.headers[H_SIGNATURE])
+    record = await callback_of(notifier, task_id)
+    assert (record["state"], record["attempts"], record["last_result"]) == ("delivered", 1, "HTTP 200")
 
 
 async def test_a_receiver_failing_twice_gets_it_on_the_third_try(
@@ -86,3 +101,22 @@ async def test_a_receiver_failing_twice_gets_it_on_the_third_try(
         receiver.stop()
     assert [a.answered for a in attempts] == [503, 500, 200]
     assert {a.headers[H_EVENT_ID] for a in attempts} == {f"{task_id}.1.SUCCESS"}  # the same event each time
+    record = await callback_of(notifier, task_id)
+    assert (record["state"], record["attempts"], record["last_result"]) == ("delivered", 3, "HTTP 200")
+
+
+async def test_a_receiver_refusing_it_is_not_retried_and_the_status_says_so(
+    notifier: System, http_server: StaticHTTPServer, s3_bucket: str
+) -> None:
+    receiver = Receiver()
+    receiver.answers = {"/hooks/gone": {1: 404}}
+    try:
+        task_id = await submit(notifier, http_server, s3_bucket, receiver.url("/hooks/gone"))
+        refused = await receiver.next(120)
+        await settled(notifier)
+        assert receiver.hits["/hooks/gone"] == 1  # a 404 is an answer no retry changes
+    finally:
+        receiver.stop()
+    assert refused.answered == 404
+    record = await callback_of(notifier, task_id)
+    assert (record["state"], record["attempts"], record["last_result"]) == ("failed", 1, "HTTP 404")

@@ -106,3 +106,19 @@ def test_json_round_trip_ignores_unknown_fields() -> None:
     status = new_status()
     data = status.to_json().replace(b'"task_id"', b'"from_the_future":1,"task_id"', 1)
     assert TaskStatus.from_json(data) == status
+
+
+def test_a_webhook_outcome_is_kept_for_its_own_run_only() -> None:
+    status = TaskStatus.new("hooked")
+    status.record_callback(1, "retrying", 1, "HTTP 503")
+    status.record_callback(1, "delivered", 2, "HTTP 200")
+    assert status.callback is not None
+    assert (status.callback.state, status.callback.attempts, status.callback.last_result) == (
+        "delivered",
+        2,
+        "HTTP 200",
+    )
+    status.reopen()  # replayed from the dead-letter stream: run 2 starts with no webhook outcome
+    assert status.run == 2 and status.callback is None
+    status.record_callback(1, "failed", 3, "HTTP 404")
+    assert status.callback is None  # a late note about run 1 does not describe run 2

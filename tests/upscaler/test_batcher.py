@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from services.upscaler.batcher import TileBatcher, _padded_size
+from services.upscaler.batcher import BatchLimit, TileBatcher, _padded_size
 from services.upscaler.engine import Upscaler
 from services.upscaler.inference import Job, Network, TileRunner
 from services.upscaler.plan import Cancelled
@@ -202,3 +202,44 @@ def test_engine_callers_in_threads_share_batches(install, pool: ThreadPoolExecut
     for single, future in zip(alone, futures, strict=True):
         assert np.abs(single.astype(int) - np.asarray(future.result(WAIT_S).image).astype(int)).max() <= 1
     assert engine.stats.shared_batches == 2  # 16 tiles of 4 tasks in 2 forwards of 8
+
+
+def test_a_batch_limit_is_raised_again_after_clean_batches_and_waits_longer_each_time() -> None:
+    limit = BatchLimit(4, patience=3)
+    assert [limit.succeeded(4) for _ in range(3)] == [False, False, True] and limit.size == 8
+    assert not limit.succeeded(5)  # part-full at the new size: no evidence either way
+    limit.out_of_memory(4)  # the size up still did not fit
+    assert limit.size == 4 and limit.patience == 6
+    assert [limit.succeeded(4) for _ in range(6)] == [False] * 5 + [True]
+
+
+def test_a_batch_size_halved_by_a_passing_memory_spike_comes_back(pool: ThreadPoolExecutor) -> None:
+    class TightWhileFlagged(nn.Module):
+        def __init__(self, net: nn.Module) -> None:
+            super().__init__()
+            self.net, self.tight, self.batch_sizes = net, True, []
+
+        def forward(self, x: Tensor) -> Tensor:
+            if self.tight and x.shape[0] > 4:
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            self.batch_sizes.append(x.shape[0])
+            return self.net(x)
+
+    net = TightWhileFlagged(small_compact())
+    network = Network(net, 4)
+    batcher = TileBatcher(TileRunner(CPU))
+    batcher._scheduler.recovery_batches = 2
+    for round_ in range(2):
+        parked = Parked(batcher, pool, network)
+        futures = [pool.submit(batcher.run, _noise(64, 64, seed), network, JOB) for seed in range(3)]
+        _wait_queued(batcher, 4)
+        net.batch_sizes.clear()
+        parked.release()
+        for future in futures:
+            future.result(WAIT_S)
+        if round_ == 0:  # the spike: halved to 4, then two full batches of 4 and the limit is back at 8
+            assert net.batch_sizes == [4, 4, 4]
+            assert batcher.runner.stats.oom_batch_halvings == 1 and batcher.runner.stats.oom_batch_recoveries == 1
+            net.tight = False  # the memory is free again
+    assert net.batch_sizes == [8, 4], "the second round runs full batches of 8 again"
+    assert batcher.runner.stats.oom_batch_halvings == 1
