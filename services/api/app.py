@@ -69,13 +69,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # and the docs stay open); every /api/v1 route spends a token of its client's bucket.
     guard = [Depends(ApiKeyGuard(keys))] if keys else []
     guarded = UNAUTHORIZED if keys else {}
+    limiter = Depends(RateLimiter(config.rate_limit_per_s, config.rate_limit_burst))
+    limited = [*guard, limiter]
     dashboard_guard, dashboard_401 = guard, guarded
     if keys and config.dashboard_session_s:  # browsers sign in to the dashboard once (routes/signin.py)
         browser_guard = ApiKeyGuard(keys, session_s=config.dashboard_session_s)
         dashboard_guard, dashboard_401 = [Depends(browser_guard)], DASHBOARD_401
-        app.include_router(signin_router(browser_guard))
+        # Every sign-in attempt spends a token of its address's bucket: guessing keys is throttled.
+        app.include_router(signin_router(browser_guard), dependencies=[limiter], responses=TOO_MANY)
         app.add_exception_handler(SignInRequired, show_sign_in)
-    limited = [*guard, Depends(RateLimiter(config.rate_limit_per_s, config.rate_limit_burst))]
     app.include_router(tasks.router, dependencies=limited, responses={**guarded, **TOO_MANY})
     app.include_router(task_control.router, dependencies=limited, responses={**guarded, **TOO_MANY})
     app.include_router(events.router, dependencies=limited, responses={**guarded, **TOO_MANY})

@@ -120,3 +120,12 @@ def test_without_sessions_the_dashboard_needs_a_header_key(tmp_path) -> None:
         page = httpx.get(f"{system.api_url}/dashboard", headers=HTML, timeout=30)
         assert page.status_code == 401 and page.headers["content-type"] == "application/json"
         assert httpx.post(f"{system.api_url}/dashboard/signin", data={"key": KEY_1}, timeout=30).status_code == 404
+
+
+def test_guessing_keys_on_the_form_is_throttled(tmp_path) -> None:
+    with api_only(tmp_path, TM_API_KEYS=KEY_1, TM_RATE_LIMIT_BURST="3", TM_RATE_LIMIT_PER_S="0.01") as system:
+        answers = [
+            httpx.post(f"{system.api_url}/dashboard/signin", data={"key": f"guess-{n}"}, timeout=30) for n in range(4)
+        ]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    assert int(answers[-1].headers["retry-after"]) >= 1
