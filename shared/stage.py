@@ -251,10 +251,11 @@ class StageRunner:
 
     async def _drop(self, msg: Msg, task: TaskMessage, reason: Exception) -> str:
         """Ack without working: the task was deleted or ended, or this stage already ran."""
-        if isinstance(reason, TaskGoneError):
-            await discard_task_blobs(self.topology.blobs, task.task_id)
-        elif isinstance(reason, TaskFinishedError):
+        if isinstance(reason, TaskFinishedError):
             await self.store.ensure_event(task.task_id)  # its writer may have died before publishing
+        if isinstance(reason, TaskGoneError | TaskFinishedError):
+            # A deleted or ended task needs no objects; its last writer may have died before removing them.
+            await discard_task_blobs(self.topology.blobs, task.task_id)
         await msg.ack()
         self.counters.dropped += 1
         log.info("task_dropped", reason=str(reason))

@@ -34,8 +34,19 @@ def s3_object(s3: S3Server, bucket: str, key: str) -> bytes:
     return s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
-async def leftovers(nats_url: str, task_id: str) -> list[str]:
-    """Anything of the task still in the object store or a work queue."""
+async def leftovers(nats_url: str, task_id: str, within_s: float = 10) -> list[str]:
+    """Anything of the task still in the object store or a work queue `within_s` after it ended.
+
+    A stage writes the terminal state (and its event) first and then cleans up (dead letter, objects,
+    ack): crash-safe, but a moment after the event. Nothing announces the clean-up, so this looks again
+    until nothing is left or the time is up, and returns what is left then."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while (found := await _leftovers_now(nats_url, task_id)) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.1)
+    return found
+
+
+async def _leftovers_now(nats_url: str, task_id: str) -> list[str]:
     found = []
     nc = await nats.connect(nats_url)
     try:
