@@ -8,7 +8,7 @@ what length) came close. A key is never logged: the matched key is known afterwa
 position in the list (`request.state.client`, which the rate limiter buckets on).
 
 Browsers cannot add a header to a page load, so the dashboard's guard also takes a session cookie
-(`services/api/signin.py` issues it for a valid key): `<key index>.<expiry>.<HMAC>` signed with the
+(`services/api/routes/signin.py` issues it for a valid key): `<key index>.<expiry>.<HMAC>` signed with the
 key's own digest, so every API replica verifies it without shared state, it ends at its expiry, and
 removing the key (and restarting) ends its sessions. It opens the /dashboard routes only.
 """
@@ -79,7 +79,9 @@ class ApiKeyGuard:
             return None
         if not 0 <= index < len(self._digests) or expires < (time.time() if now is None else now):
             return None
-        return index if hmac.compare_digest(signature, self._signature(index, expires)) else None
+        expected = self._signature(index, expires).encode()
+        # bytes: compare_digest refuses a str that is not ASCII, and a forged cookie may hold anything
+        return index if hmac.compare_digest(signature.encode("utf-8", "replace"), expected) else None
 
     def match(self, presented: str) -> int | None:
         """The position of the presented key among the configured ones, or None."""
