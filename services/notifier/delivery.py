@@ -36,7 +36,8 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
 
 def verify(secret: str, timestamp: str, body: bytes, signature: str) -> bool:
     """What a receiver checks (in constant time); it should also refuse an old timestamp."""
-    return hmac.compare_digest(sign(secret, timestamp, body), signature)
+    # bytes: compare_digest raises on a str that is not ASCII, and a forged header may hold anything
+    return hmac.compare_digest(sign(secret, timestamp, body).encode(), signature.encode("utf-8", "replace"))
 
 
 @dataclass(frozen=True)

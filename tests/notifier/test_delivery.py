@@ -35,6 +35,7 @@ async def test_a_signed_post_with_the_event_id() -> None:
     assert got.headers[H_EVENT_ID] == got.headers["Idempotency-Key"] == "t-1.1.REVOKED"
     assert verify(SECRET, got.headers[H_TIMESTAMP], got.body, got.headers[H_SIGNATURE])
     assert not verify("other", got.headers[H_TIMESTAMP], got.body, got.headers[H_SIGNATURE])
+    assert not verify(SECRET, got.headers[H_TIMESTAMP], got.body, "sha256=\u00e9")  # not ASCII: False, no TypeError
     assert TaskStatus.model_validate_json(got.body).state == TaskState.REVOKED
 
 
