@@ -81,7 +81,7 @@ class StageRunner:
         self.topology = topology
         self.settings = settings
         self.worker_id = worker_id
-        self.store = TaskStore(topology.tasks, topology.js)
+        self.store = TaskStore.of(topology)
         self.counters = StageCounters()
         self.in_flight: dict[str, float] = {}  # task_id -> monotonic start
         self._runs: dict[str, asyncio.Event] = {}  # task_id -> set when this process's run of it ends

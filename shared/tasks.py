@@ -22,8 +22,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import structlog
+from nats.aio.client import Client as NATS
 from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBufferLimitError, StaleConnectionError
 from nats.js import JetStreamContext
 from nats.js.errors import (
@@ -37,6 +39,9 @@ from nats.js.kv import KeyValue
 from shared.events import Snapshot, TaskEvent
 from shared.messages import event_subject
 from shared.state import TaskStatus, parse_time
+
+if TYPE_CHECKING:
+    from shared.nats import Topology
 
 log = structlog.get_logger()
 MAX_CAS_ATTEMPTS = 50
@@ -66,10 +71,15 @@ class TaskGoneError(Exception):
 
 
 class TaskStore:
-    def __init__(self, kv: KeyValue, js: JetStreamContext) -> None:
+    def __init__(self, kv: KeyValue, js: JetStreamContext, nc: NATS) -> None:
         self._kv = kv
         self._js = js
+        self._nc = nc  # change events go out as core publishes (see _announce)
         self._written: OrderedDict[str, tuple[bytes, int]] = OrderedDict()  # task_id -> (value, revision)
+
+    @classmethod
+    def of(cls, topology: Topology) -> TaskStore:
+        return cls(topology.tasks, topology.js, topology.nc)
 
     async def create(self, status: TaskStatus) -> int:
         """Store a new task; fails if the id exists (ids are UUIDs, so that is a bug)."""
@@ -187,9 +197,9 @@ class TaskStore:
         if change is None:
             return
         try:
-            # The JetStream context's own connection: a core publish to a stream's subject is stored
-            # all the same, and the message id still deduplicates it.
-            await self._js._nc.publish(change.subject, change.to_json(), headers={"Nats-Msg-Id": change.event_id})
+            # A core publish to a stream's subject is stored all the same, and the message id still
+            # deduplicates it.
+            await self._nc.publish(change.subject, change.to_json(), headers={"Nats-Msg-Id": change.event_id})
         except Exception as exc:  # the state is written; a lost progress note must not fail the caller
             log.warning("change_event_not_sent", task_id=change.task_id, kind=change.kind.value, error=repr(exc))
 

@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         topology = await declare(nc, config)
         metrics = ApiMetrics()
         await metrics.follow_events(nc)
-        store = TaskStore(topology.tasks, topology.js)
+        store = TaskStore.of(topology)
         app.state.context = ApiContext(config, topology, store, metrics, QueueDepth(topology, config.max_queue_depth))
         structlog.get_logger().info(
             "api_access",

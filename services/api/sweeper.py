@@ -44,7 +44,7 @@ class Sweeper:
     def __init__(self, topology: Topology, settings: Settings, holder: str) -> None:
         self.topology = topology
         self.settings = settings
-        self.store = TaskStore(topology.tasks, topology.js)
+        self.store = TaskStore.of(topology)
         self.lease = Lease(topology.leases, "sweeper", holder)
         self.timed_out = 0
         self.dead_lettered = 0

@@ -78,7 +78,7 @@ async def _targets(topology: Topology, args: argparse.Namespace) -> list[int]:
 
 
 async def replay_command(topology: Topology, args: argparse.Namespace) -> int:
-    store = TaskStore(topology.tasks, topology.js)
+    store = TaskStore.of(topology)
     failures = 0
     for seq in await _targets(topology, args):
         try:

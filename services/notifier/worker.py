@@ -86,7 +86,7 @@ class Notifier:
         self.client = client
         self.worker_id = worker_id
         self.counters = NotifierCounters()
-        self.store = TaskStore(topology.tasks, topology.js)
+        self.store = TaskStore.of(topology)
         self.in_flight: set[str] = set()
         self._stopping = asyncio.Event()
         if metrics is not None:

@@ -52,7 +52,7 @@ async def test_stream_replays_follows_and_ends_with_the_terminal_event(api_syste
 async def test_a_replayed_task_streams_on_past_its_earlier_runs_end(api_system: System) -> None:
     nc = await nats.connect(api_system.nats_url)
     try:
-        store = TaskStore(await nc.jetstream().key_value(TASKS_BUCKET), nc.jetstream())
+        store = TaskStore(await nc.jetstream().key_value(TASKS_BUCKET), nc.jetstream(), nc)
         async with httpx.AsyncClient(base_url=api_system.api_url, timeout=30) as api, asyncio.timeout(30):
             task_id = await submit(api)
             await store.update(task_id, lambda s: s.fail("broken", Stage.FETCH))

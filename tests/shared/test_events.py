@@ -61,7 +61,7 @@ async def changes(topology: Topology, task_id: str, count: int) -> list[Msg]:
 
 
 async def test_the_store_publishes_one_event_per_change_with_revision_ids(topology: Topology) -> None:
-    store = TaskStore(topology.tasks, topology.js)
+    store = TaskStore.of(topology)
     legacy = await topology.nc.subscribe("task.events.>")
     await store.create(TaskStatus.new("ev"))
     await store.update("ev", lambda s: s.start_stage(Stage.FETCH, "w"))
@@ -92,7 +92,7 @@ async def test_the_store_publishes_one_event_per_change_with_revision_ids(topolo
 
 
 async def test_a_republished_terminal_event_is_not_stored_twice(topology: Topology) -> None:
-    store = TaskStore(topology.tasks, topology.js)
+    store = TaskStore.of(topology)
     await store.create(TaskStatus.new("once"))
     await store.update("once", lambda s: s.succeed({"ok": True}))
     before = (await topology.js.stream_info(EVENTS_STREAM)).state.messages

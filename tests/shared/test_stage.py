@@ -21,7 +21,7 @@ from shared.tasks import TaskStore
 
 
 async def queue_task(topology: Topology, task_id: str, priority: int = 5) -> TaskStore:
-    store = TaskStore(topology.tasks, topology.js)
+    store = TaskStore.of(topology)
     await store.create(TaskStatus.new(task_id, priority=priority))
     message = TaskMessage(task_id=task_id, priority=priority, input_url="i", output_url="o", submitted_at="t")
     await topology.js.publish(work_subject(priority, Stage.FETCH, task_id), message.pack())

@@ -49,7 +49,7 @@ def metrics() -> Iterator[WorkerMetrics]:
 
 
 async def queue_task(topology: Topology, task_id: str) -> None:
-    await TaskStore(topology.tasks, topology.js).create(TaskStatus.new(task_id, priority=5))
+    await TaskStore.of(topology).create(TaskStatus.new(task_id, priority=5))
     message = TaskMessage(task_id=task_id, priority=5, input_url="i", output_url="o", submitted_at="t")
     await topology.js.publish(work_subject(5, Stage.FETCH, task_id), message.pack())
 
