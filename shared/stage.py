@@ -83,8 +83,7 @@ class StageRunner:
         self.worker_id = worker_id
         self.store = TaskStore.of(topology)
         self.counters = StageCounters()
-        self.in_flight: dict[str, float] = {}  # task_id -> monotonic start
-        self._runs: dict[str, asyncio.Event] = {}  # task_id -> set when this process's run of it ends
+        self.in_flight: dict[str, asyncio.Event] = {}  # task_id -> set when this process's run of it ends
         self.metrics = metrics  # the process's /metrics (shared/metrics.py); None in tests that need none
         if metrics is not None:
             metrics.watch_in_flight(stage.value, lambda: len(self.in_flight))
@@ -131,16 +130,14 @@ class StageRunner:
         with structlog.contextvars.bound_contextvars(task_id=task.task_id, stage=self.stage.value):
             await self._after_own_run(msg, task.task_id)
             started = time.monotonic()
-            self.in_flight[task.task_id] = started
-            self._runs[task.task_id] = run_ended = asyncio.Event()
+            self.in_flight[task.task_id] = run_ended = asyncio.Event()
             try:
                 outcome = await self._process(msg, task)
             except Exception as exc:  # NATS trouble while recording: the message will be redelivered
                 log.exception("stage_error", error=repr(exc))
                 outcome = "error"
             finally:
-                self.in_flight.pop(task.task_id, None)
-                del self._runs[task.task_id]
+                del self.in_flight[task.task_id]
                 run_ended.set()
             elapsed_s = time.monotonic() - started
             if self.metrics is not None:
@@ -160,11 +157,11 @@ class StageRunner:
         handed the task it is working on. Running it beside itself would do the work twice (two
         uploads of one output); after the first run the task's state says whether anything is left.
         """
-        if task_id not in self._runs:
+        if task_id not in self.in_flight:
             return
         self.counters.waited_for_own_run += 1
         log.info("redelivered_while_running", num_delivered=msg.metadata.num_delivered)
-        while (run_ended := self._runs.get(task_id)) is not None:
+        while (run_ended := self.in_flight.get(task_id)) is not None:
             try:
                 await asyncio.wait_for(run_ended.wait(), timeout=self._keepalive_s)
             except TimeoutError:

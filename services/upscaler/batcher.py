@@ -42,7 +42,7 @@ class BatchLimit:
     """The batch size a key is held to after running out of memory, and when to try more again."""
 
     size: int
-    patience: int = RECOVERY_BATCHES
+    patience: int  # full batches at `size` before the next size up is tried
     clean: int = 0  # full batches at `size` since the last change
 
     def out_of_memory(self, size: int) -> None:
