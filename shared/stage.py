@@ -249,7 +249,8 @@ class StageRunner:
     async def _drop(self, msg: Msg, task: TaskMessage, reason: Exception) -> str:
         """Ack without working: the task was deleted or ended, or this stage already ran."""
         if isinstance(reason, TaskFinishedError):
-            await self.store.ensure_event(task.task_id)  # its writer may have died before publishing
+            # Its writer may have died between the state write and the event: publish what is missing.
+            await self.store.ensure_event(task.task_id, max_age_s=self.settings.events_max_age_s)
         if isinstance(reason, TaskGoneError | TaskFinishedError):
             # A deleted or ended task needs no objects; its last writer may have died before removing them.
             await discard_task_blobs(self.topology.blobs, task.task_id)
@@ -285,7 +286,10 @@ class StageRunner:
     async def _retry(self, msg: Msg, task: TaskMessage, error: str, delay_s: float | None, attempt: int) -> str:
         if attempt > self.settings.max_retries:
             return await self._fail(msg, task, f"{error} (gave up after {attempt} attempts)", attempt)
-        delay = delay_s if delay_s is not None else backoff_s(attempt, self.settings.retry_base_delay_s)
+        # A delay the remote side asked for (Retry-After) is capped like our own: no server parks a task.
+        delay = (
+            min(delay_s, MAX_BACKOFF_S) if delay_s is not None else backoff_s(attempt, self.settings.retry_base_delay_s)
+        )
         try:
             await self.store.update(task.task_id, lambda s: s.retry_stage(self.stage, error, delay))
         except (TaskGoneError, TaskFinishedError) as exc:

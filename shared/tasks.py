@@ -8,7 +8,12 @@ terminal state also publishes the task's event, so subscribers see exactly one p
 Every write that changes what a change event reports (shared/events.py) publishes one too. Those of
 non-terminal writes go out as plain core publishes into the stream (no acknowledgement to wait for
 on the critical path: at most once, and a failed one never undoes the state write); the terminal
-one is published with acknowledgement and retries, like the terminal event.
+one is published with acknowledgement and retries, after the terminal event: a stored terminal change
+event (`task.changes.<task_id>.state`, which can be looked up by task) shows that both went out.
+
+A writer killed between the terminal state write and those publishes leaves a task ended without its
+events. Whoever meets such a task later (a redelivered message, the sweeper) calls `ensure_event`,
+which looks for the marker and publishes what is missing under the same message ids.
 
 A store remembers the last value it wrote for a task, so its next write to that task (a stage's
 finish after its start) tries the compare-and-set on that value first and reads only on a conflict:
@@ -32,12 +37,13 @@ from nats.js.errors import (
     KeyNotFoundError,
     KeyWrongLastSequenceError,
     NoStreamResponseError,
+    NotFoundError,
     ServiceUnavailableError,
 )
 from nats.js.kv import KeyValue
 
-from shared.events import Snapshot, TaskEvent
-from shared.messages import event_subject
+from shared.events import EventKind, Snapshot, TaskEvent, change_subject
+from shared.messages import EVENTS_STREAM, event_subject
 from shared.state import TaskStatus, parse_time
 
 if TYPE_CHECKING:
@@ -59,7 +65,6 @@ UNKNOWN_OUTCOME = (
 )
 EVENT_PUBLISH_ATTEMPTS = 8  # about 20 s of retries
 READ_RETRY_S = 20.0  # longer than an R3 leader election or a quick server restart
-REPUBLISH_WINDOW_S = 100.0  # inside the events stream's 120 s duplicate window
 
 
 class TaskGoneError(Exception):
@@ -172,14 +177,14 @@ class TaskStore:
             return None
 
     async def publish_event(self, status: TaskStatus, change: TaskEvent | None = None) -> None:
-        """Publish the terminal event (and its change event), retrying through a broker hiccup: the
+        """Publish the terminal event, then its change event, retrying through a broker hiccup: the
         state is already written, so giving up here would leave subscribers without it. The message
-        ids make every retry (and a republish after a crash) a duplicate the stream drops."""
-        terminal = (event_subject(status.task_name, status.state.value), status.to_json())
-        publishes = [self._publish(*terminal, f"{status.task_id}.{status.run}.{status.state.value}")]
+        ids make every retry (and a republish after a crash) a duplicate the stream drops. One after
+        the other, so that a stored change event proves the terminal one was stored (ensure_event)."""
+        terminal_id = f"{status.task_id}.{status.run}.{status.state.value}"
+        await self._publish(event_subject(status.task_name, status.state.value), status.to_json(), terminal_id)
         if change is not None:
-            publishes.append(self._publish(change.subject, change.to_json(), change.event_id))
-        await asyncio.gather(*publishes)
+            await self._publish(change.subject, change.to_json(), change.event_id)
 
     async def _publish(self, subject: str, data: bytes, message_id: str) -> None:
         for attempt in range(EVENT_PUBLISH_ATTEMPTS):
@@ -203,20 +208,36 @@ class TaskStore:
         except Exception as exc:  # the state is written; a lost progress note must not fail the caller
             log.warning("change_event_not_sent", task_id=change.task_id, kind=change.kind.value, error=repr(exc))
 
-    async def ensure_event(self, task_id: str, within_s: float = REPUBLISH_WINDOW_S) -> None:
-        """Publish a recently ended task's terminal event again. Its writer may have died between the
-        state write and the publish; a redelivered message that finds the task ended calls this. Within
-        the stream's duplicate window the message id makes it a no-op when the event did go out."""
+    async def ensure_event(self, task_id: str, *, max_age_s: float) -> bool:
+        """Publish an ended task's events if they are not in the events stream; True when it did.
+
+        Its writer may have died between the terminal state write and the publishes; a redelivered
+        message or the sweeper that finds the task ended calls this. The stored terminal change event
+        is the marker (publish_event stores it last). A task that ended more than `max_age_s` ago
+        (the events stream's retention) is left alone: its events would have expired anyway."""
         found = await self.get_with_revision(task_id)
         if found is None:
-            return
+            return False
         status, revision = found
         if not status.state.terminal or status.completed_at is None:
-            return
-        if (datetime.now(UTC) - parse_time(status.completed_at)).total_seconds() < within_s:
-            # What the state was before is not known any more: the change event says previous_state null.
-            unknown_before = Snapshot(None, Snapshot.of(status).stages, status.progress, status.run)
-            await self.publish_event(status, TaskEvent.between(unknown_before, status, revision))
+            return False
+        if (datetime.now(UTC) - parse_time(status.completed_at)).total_seconds() > max_age_s:
+            return False
+        if await self._ended_event_stored(status):
+            return False
+        # What the state was before is not known any more: the change event says previous_state null.
+        unknown_before = Snapshot(None, Snapshot.of(status).stages, status.progress, status.run)
+        await self.publish_event(status, TaskEvent.between(unknown_before, status, revision))
+        log.warning("terminal_event_restored", task_id=task_id, state=status.state.value, run=status.run)
+        return True
+
+    async def _ended_event_stored(self, status: TaskStatus) -> bool:
+        try:
+            stored = await self._js.get_last_msg(EVENTS_STREAM, change_subject(status.task_id, EventKind.STATE.value))
+        except NotFoundError:
+            return False
+        event = TaskEvent.from_json(stored.data or b"{}")
+        return event.state == status.state and event.run == status.run
 
     async def delete(self, task_id: str) -> None:
         self._written.pop(task_id, None)

@@ -1,8 +1,10 @@
 """The API's Prometheus metrics, named exactly as the API reference lists them.
 
 Completions are counted from the task events stream (the workers publish them), so the API's
-/dashboard/metrics covers the whole pipeline. Each API replica counts the events it sees while
-it runs; scrape one replica, or sum by replica knowing each sees every event.
+/dashboard/metrics covers the whole pipeline. Each API replica counts the events stored from its
+start on; scrape one replica, or sum by replica knowing each sees every event. They are read from
+the stream (an ordered consumer), not from the subject: a terminal event published again after a
+crash (same message id) is stored once and counted once, where a subject subscriber would see both.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js.api import DeliverPolicy
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from shared.messages import EVENTS_SUBJECTS
+from shared.messages import EVENTS_STREAM, EVENTS_SUBJECTS
 from shared.state import TaskStatus, parse_time
 
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -54,7 +57,9 @@ class ApiMetrics:
             except Exception as exc:
                 structlog.get_logger().warning("bad_event", subject=msg.subject, error=str(exc))
 
-        self._subscription = await nc.subscribe(EVENTS_SUBJECTS, cb=on_event)
+        self._subscription = await nc.jetstream().subscribe(
+            EVENTS_SUBJECTS, stream=EVENTS_STREAM, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW, cb=on_event
+        )
 
     async def stop(self) -> None:
         if self._subscription is not None:

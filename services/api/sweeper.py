@@ -48,6 +48,7 @@ class Sweeper:
         self.lease = Lease(topology.leases, "sweeper", holder)
         self.timed_out = 0
         self.dead_lettered = 0
+        self.events_restored = 0  # ended tasks found without their terminal event
         self._advisories: Subscription | None = None
 
     async def run(self) -> None:
@@ -98,7 +99,9 @@ class Sweeper:
         _, _, _, stage_name, task_id = subject.split(".", 4)
         status = await self.store.get(task_id)
         if status is None or status.state.terminal:
-            # Left behind by a deleted or finished task (e.g. its purge was interrupted): remove it.
+            # Left behind by a deleted or finished task: its writer may have died before publishing the
+            # event, removing the objects or acknowledging (purge). Finish that work, then remove it.
+            await self._finish_ended(task_id, terminal=status is not None)
             await self.topology.js.delete_msg(work_stream(int(subject.split(".")[2][1:])), raw.seq or 0)
             return
         if self._abandoned(status, Stage(stage_name)):
@@ -123,6 +126,16 @@ class Sweeper:
         if ended is not None:
             self.timed_out += 1
             log.info("task_timed_out", task_id=task_id, stage=stage_name)
+
+    async def _finish_ended(self, task_id: str, *, terminal: bool) -> None:
+        """What the last writer of a deleted or ended task may not have lived to do."""
+        if terminal:
+            await self._restore_event(task_id)
+        await discard_task_blobs(self.topology.blobs, task_id)
+
+    async def _restore_event(self, task_id: str) -> None:
+        if await self.store.ensure_event(task_id, max_age_s=self.settings.events_max_age_s):
+            self.events_restored += 1
 
     def _abandoned(self, status: TaskStatus, stage: Stage) -> bool:
         entry = status.subtask(stage)
@@ -168,7 +181,9 @@ class Sweeper:
         error = f"{stage.value}: delivered {deliveries} times without completing (workers crashed or hung)"
         try:
             await self.store.update(task.task_id, lambda s: s.fail(error, stage))
-        except (TaskFinishedError, TaskGoneError):
+        except TaskFinishedError:
+            await self._restore_event(task.task_id)
+        except TaskGoneError:
             pass
         else:
             await dead_letter(

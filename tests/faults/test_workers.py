@@ -11,16 +11,13 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from pathlib import Path
 
 import httpx
 import nats
 import pytest
 
 from shared.messages import TASKS_BUCKET
-from tests.conftest import system_env
 from tests.faults.harness import (
-    FAULT_ENV,
     TASKS,
     Outcome,
     Run,
@@ -29,7 +26,7 @@ from tests.faults.harness import (
     assert_one_terminal_event_each,
     run_scenario,
 )
-from tests.servers import NatsServer, S3Server, StaticHTTPServer
+from tests.servers import StaticHTTPServer
 from tests.system import STAGE_SERVICES, System
 
 pytestmark = pytest.mark.faults
@@ -58,21 +55,6 @@ def kill(system: System, service: str) -> None:
     system.processes[service].send_signal(signal.SIGKILL)
     system.processes[service].wait(timeout=10)
     system.spawn(service)
-
-
-@pytest.fixture
-def make_system(own_nats: NatsServer, s3_server: S3Server, model_dir: Path, tmp_path: Path):
-    """make_system(**env) -> a System on the test's own NATS, stopped at teardown."""
-    made: list[System] = []
-
-    def make(**env: str) -> System:
-        made.append(System(own_nats.url, tmp_path / "logs", system_env(
-            s3_server, model_dir, **{**FAULT_ENV, **env})))  # fmt: skip
-        return made[-1]
-
-    yield make
-    for system in made:
-        system.stop()
 
 
 def check(outcome: Outcome) -> None:

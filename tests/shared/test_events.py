@@ -10,7 +10,7 @@ from nats.aio.msg import Msg
 from shared.events import EventKind, Snapshot, TaskEvent, task_changes_filter
 from shared.messages import EVENTS_STREAM, Stage, TaskMessage
 from shared.nats import Topology
-from shared.state import TaskState, TaskStatus
+from shared.state import TaskState, TaskStatus, utc_now
 from shared.tasks import TaskStore
 
 
@@ -97,8 +97,54 @@ async def test_a_republished_terminal_event_is_not_stored_twice(topology: Topolo
     await store.update("once", lambda s: s.succeed({"ok": True}))
     before = (await topology.js.stream_info(EVENTS_STREAM)).state.messages
 
-    await store.ensure_event("once")  # what a redelivered message does when it finds the task ended
+    # What a redelivered message does when it finds the task ended: the stored events say nothing is missing.
+    assert not await store.ensure_event("once", max_age_s=3600)
 
     assert (await topology.js.stream_info(EVENTS_STREAM)).state.messages == before
     events = [TaskEvent.from_json(m.data) for m in await changes(topology, "once", 2)]
     assert [e.state for e in events] == ["PENDING", "SUCCESS"] and events[1].result == {"ok": True}
+
+
+async def ended_without_events(topology: Topology, task_id: str, completed_at: str | None = None) -> None:
+    """A task whose writer died between its terminal state write and the publishes (written to KV directly)."""
+    store = TaskStore.of(topology)
+    if await store.get(task_id) is None:
+        await store.create(TaskStatus.new(task_id))
+    entry = await topology.tasks.get(task_id)
+    status = TaskStatus.from_json(entry.value or b"")
+    status.succeed({"ok": True})
+    if completed_at is not None:
+        status.completed_at = completed_at
+    await topology.tasks.update(task_id, status.to_json(), last=entry.revision)
+
+
+async def stored_terminal_events(topology: Topology) -> int:
+    """Terminal events stored in the events stream (each test has its own server: all are its tasks')."""
+    info = await topology.js.stream_info(EVENTS_STREAM, subjects_filter="task.events.>")
+    return sum((info.state.subjects or {}).values())
+
+
+async def test_an_ended_task_without_its_events_gets_them_once(topology: Topology) -> None:
+    await ended_without_events(topology, "orphan")
+    store = TaskStore.of(topology)
+
+    assert await store.ensure_event("orphan", max_age_s=3600)
+    assert not await store.ensure_event("orphan", max_age_s=3600)  # the second finder sees them stored
+
+    assert await stored_terminal_events(topology) == 1
+    changes_seen = [TaskEvent.from_json(m.data) for m in await changes(topology, "orphan", 2)]
+    assert [e.state for e in changes_seen] == ["PENDING", "SUCCESS"] and changes_seen[1].previous_state is None
+
+
+async def test_events_are_restored_after_the_duplicate_window_too(topology: Topology) -> None:
+    """The stream, not the clock, decides: a task found long after it ended (past the 120 s duplicate
+    window) still gets its events, and one whose events are stored gets none again."""
+    ten_minutes_ago = utc_now(-600)
+    await ended_without_events(topology, "late", completed_at=ten_minutes_ago)
+    store = TaskStore.of(topology)
+    assert await store.ensure_event("late", max_age_s=3600)
+    assert not await store.ensure_event("late", max_age_s=3600)
+    assert await stored_terminal_events(topology) == 1
+
+    await ended_without_events(topology, "expired", completed_at=ten_minutes_ago)
+    assert not await store.ensure_event("expired", max_age_s=60)  # older than the stream keeps events

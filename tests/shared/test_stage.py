@@ -7,17 +7,20 @@ import json
 from collections.abc import Awaitable, Callable
 
 import pytest
+from nats.js.errors import ObjectNotFoundError
 
+from shared.blobs import write_blob
 from shared.config import Settings
 from shared.deadletters import list_dead
 from shared.errors import InputError, RetryableError
 from shared.job import Job
-from shared.messages import EVENTS_SUBJECTS, Stage, TaskMessage, work_stream, work_subject
+from shared.messages import EVENTS_SUBJECTS, Stage, TaskMessage, input_object, work_stream, work_subject
 from shared.nats import Topology
 from shared.puller import PriorityPuller
 from shared.stage import StageRunner, backoff_s
 from shared.state import TaskStatus
 from shared.tasks import TaskStore
+from tests.shared.test_events import ended_without_events, stored_terminal_events
 
 
 async def queue_task(topology: Topology, task_id: str, priority: int = 5) -> TaskStore:
@@ -305,3 +308,26 @@ async def test_a_redelivery_while_this_process_still_runs_the_task_waits_instead
     assert await queued(topology) == {"tm.work.p5.classify.busy": 1}
     status = await store.get("busy")
     assert status is not None and status.subtask(Stage.FETCH).attempts == 1
+
+
+async def test_a_redelivery_that_finds_its_task_ended_without_events_restores_them(
+    topology: Topology, settings: Settings
+) -> None:
+    """The writer of the terminal state was killed before its publishes and clean-up: the message comes
+    back, and the worker that drops it publishes the missing event and removes the task's objects."""
+    await queue_task(topology, "orphan")
+    await write_blob(topology.blobs, input_object("orphan"), b"input bytes")
+    await ended_without_events(topology, "orphan")
+    calls = 0
+
+    async def handle(job: Job) -> TaskMessage:
+        nonlocal calls
+        calls += 1
+        return job.task
+
+    await run_until(topology, settings, handle, lambda r: r.counters.dropped == 1)
+    assert calls == 0
+    assert await stored_terminal_events(topology) == 1
+    with pytest.raises(ObjectNotFoundError):
+        await topology.blobs.get_info(input_object("orphan"))
+    assert await queued(topology) == {}
