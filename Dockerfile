@@ -32,6 +32,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     TM_API_HOST=0.0.0.0 \
     TM_API_PORT=8000 \
+    TM_METRICS_HOST=0.0.0.0 \
     TM_METRICS_PORT=9464 \
     TM_MODEL_DIR=/models
 # An unprivileged user; /models exists and is theirs, so a named volume mounted there is writable.

@@ -99,6 +99,7 @@ class Harness:
             "TM_API_HOST": "127.0.0.1",
             "TM_API_PORT": str(api_port),
             "TM_FETCH_ALLOW_PRIVATE_NETWORKS": "true",
+            "TM_FILE_ROOT": str(self.workdir.resolve()),  # --input file reads, file:// outputs write, in it
             "TM_RATE_LIMIT_PER_S": "100000",  # a load test measures the system, not the limiter
             "TM_RATE_LIMIT_BURST": "100000",
             "TM_MAX_QUEUE_DEPTH": "1000000",

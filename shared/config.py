@@ -12,6 +12,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.errors import MAX_BACKOFF_S
+
 
 def default_model_dir() -> Path:
     return Path.home() / ".cache" / "task-manager" / "models"
@@ -29,6 +31,8 @@ class Settings(BaseSettings):
     ack_wait_s: float = Field(default=30.0, ge=1)
     max_retries: int = Field(default=3, ge=0, le=20)
     retry_base_delay_s: float = Field(default=0.5, ge=0)
+    # The longest any retry waits: our own backoff's cap, and the most a server's Retry-After is granted.
+    retry_max_delay_s: float = Field(default=MAX_BACKOFF_S, gt=0, le=MAX_BACKOFF_S)
     concurrency: int = Field(default=4, ge=1, le=256)  # messages a stage process works on at once
     stall_timeout_s: float = Field(default=300.0, gt=0)  # a stage with no progress this long is retried
     shutdown_grace_s: float = Field(default=25.0, ge=0)  # SIGTERM: finish in-flight work this long, then nak
@@ -42,6 +46,9 @@ class Settings(BaseSettings):
     # Hosts (exact names) and networks (CIDRs) the fetcher may reach even when they are private,
     # comma-separated: e.g. "minio.internal,10.20.0.0/16".
     fetch_allowlist: str = ""
+    # The one directory file:// inputs and outputs may name (after `..` and symbolic links are resolved,
+    # shared/localfiles.py); unset or empty: every file:// URL is refused. Independent of private networks.
+    file_root: Path | None = None
     fetch_max_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     fetch_timeout_s: float = Field(default=30.0, gt=0)
     fetch_connect_timeout_s: float = Field(default=10.0, gt=0)
@@ -56,6 +63,9 @@ class Settings(BaseSettings):
     dashboard_session_s: float = Field(default=12 * 3600, ge=0)  # sign-in cookie lifetime; 0: header keys only
     rate_limit_per_s: float = Field(default=20.0, gt=0)  # per client (key, else IP): token refill
     rate_limit_burst: int = Field(default=40, ge=1)
+    # Wrong keys (header or sign-in form) per client address: past the burst, 429 before any key is compared.
+    auth_failure_per_s: float = Field(default=0.2, gt=0)  # token refill: one more guess every 5 s
+    auth_failure_burst: int = Field(default=20, ge=1)
     max_queue_depth: int = Field(default=10_000, ge=1)  # waiting messages across all work queues
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
 
@@ -64,7 +74,8 @@ class Settings(BaseSettings):
     # Each stage process's own /metrics (shared/metrics.py). 0: an ephemeral free port, so many instances
     # on one host never collide (the URL is in the worker's heartbeat); containers set 9464.
     metrics_port: int = Field(default=0, ge=0, le=65535)
-    metrics_host: str = "0.0.0.0"
+    # Loopback: /metrics has no authentication; containers listen on 0.0.0.0 for Prometheus (Dockerfile).
+    metrics_host: str = "127.0.0.1"
 
     events_max_age_s: float = Field(default=7 * 24 * 3600, gt=0)
     events_keepalive_s: float = Field(default=15.0, gt=0)  # SSE comment line while a task's stream is quiet
@@ -90,6 +101,15 @@ class Settings(BaseSettings):
         if self.api_keys_file is not None:
             keys += [line.strip() for line in self.api_keys_file.read_text().splitlines() if line.strip()]
         return keys
+
+    @field_validator("file_root", mode="before")
+    @classmethod
+    def _absolute_file_root(cls, value: object) -> object:
+        if value is None or value == "":
+            return None  # TM_FILE_ROOT= (empty) is the same as unset: file:// stays off
+        if isinstance(value, str | Path) and not Path(value).is_absolute():
+            raise ValueError("TM_FILE_ROOT must be an absolute path (file:// URLs are confined to it)")
+        return value
 
     @field_validator("device")
     @classmethod

@@ -10,6 +10,7 @@ client that enforces it on every connection `shared.transport`'s.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ import httpx
 from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError, ParamValidationError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from shared.errors import InputError, RetryableError, TaskError
+from shared.errors import MAX_BACKOFF_S, InputError, RetryableError, TaskError
 
 # Query parameters that make a URL a credential (presigned S3, SAS-style tokens): kept out of messages.
 _SECRET_PARAMS = frozenset(
@@ -63,11 +64,18 @@ def http_status_error(status: int, url: str, headers: Mapping[str, str], *, role
     """The error a non-2xx HTTP status stands for (None for 2xx); `role` is "input" or "output"."""
     if status < 300:
         return None
-    message = f"{role} URL returned HTTP {status}: {safe_url(url)}"
     # 408 is the server timing out on us: as transient as a 503.
     if status >= 500 or status in (408, 429):
-        return RetryableError(message, retry_after_s(headers.get("retry-after")))
-    return InputError(message)
+        asked = retry_after_s(headers.get("retry-after"), cap_s=math.inf)
+        if asked is None:
+            return RetryableError(f"{role} URL returned HTTP {status}: {safe_url(url)}")
+        # The stage runner grants at most TM_RETRY_MAX_DELAY_S of it.
+        capped = "; retries wait at most TM_RETRY_MAX_DELAY_S" if asked > MAX_BACKOFF_S else ""
+        return RetryableError(
+            f"{role} URL returned HTTP {status} (asked to retry after {asked:.0f} s{capped}): {safe_url(url)}",
+            min(asked, MAX_BACKOFF_S),
+        )
+    return InputError(f"{role} URL returned HTTP {status}: {safe_url(url)}")
 
 
 def http_transport_error(exc: httpx.HTTPError, url: str, *, role: str) -> TaskError:
@@ -93,20 +101,21 @@ def s3_error(exc: BaseException, what: str) -> TaskError:
     return RetryableError(f"{what}: {type(exc).__name__} {exc}".rstrip())
 
 
-def retry_after_s(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP-date); None when absent or unreadable."""
+def retry_after_s(value: str | None, cap_s: float = MAX_BACKOFF_S) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP-date), at most `cap_s`; None when absent
+    or unreadable. The server chooses it, so it is capped: it must not decide how long a task parks."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if value.isascii() and value.isdigit():  # not "²", which isdigit() but float() refuses
+        return min(float(value), cap_s)
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return min(max(0.0, (when - datetime.now(UTC)).total_seconds()), cap_s)
 
 
 def safe_url(url: str) -> str:

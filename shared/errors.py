@@ -5,13 +5,18 @@
     │   ├── InputError          the input is not usable (404, not an image, too large, bad URL)
     │   └── ConfigurationError  the request asks for something this deployment lacks (missing weights)
     └── RetryableError(delay_s) may pass later (network, 5xx, throttling) -> msg.nak(delay)
-                                until the retry budget is spent, then FAILURE with the last error
+                                until the retry budget is spent, then FAILURE with the last error;
+                                a delay is at most MAX_BACKOFF_S, whoever chose it
 
 Anything else raised by a handler is a bug: it is treated as retryable, so a transient bug
 cannot lose a task, and logged with its traceback.
 """
 
 from __future__ import annotations
+
+# The longest a retry waits: the stage backoff's cap, and the most a server's Retry-After is granted
+# (a year-long one would park the task, counted against the queue-depth limit, for a year).
+MAX_BACKOFF_S = 30.0
 
 
 class TaskError(Exception):

@@ -95,6 +95,7 @@ TASKS_BUCKET = "TM_TASKS"  # KV: task_id -> TaskStatus JSON
 LEASES_BUCKET = "TM_LEASES"  # KV with TTL: singleton roles (the sweeper) held by one process at a time
 IDEMPOTENCY_BUCKET = "TM_IDEMPOTENCY"  # KV with TTL: hashed Idempotency-Key -> task_id
 WORKERS_BUCKET = "TM_WORKERS"  # KV with TTL: <service>.<worker_id> -> WorkerInfo JSON (heartbeats)
+SESSIONS_BUCKET = "TM_SESSIONS"  # KV with TTL: dashboard session ids signed out (kept one session lifetime)
 BLOBS_BUCKET = "TM_BLOBS"  # object store: <task_id>/input, <task_id>/output
 
 

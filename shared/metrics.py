@@ -2,9 +2,11 @@
 
 Every stage service (`shared/service.py`) builds one `WorkerMetrics` with a registry of its own (never
 prometheus_client's global one, so tests can run several in one process) and serves it over HTTP on
-`TM_METRICS_PORT` (0: an ephemeral port, so any number of instances share a host). The URL goes into the
-worker's heartbeat as `metrics_url`. A service adds its own collectors (the upscaler's GPU memory and
-engine counters) through the handler's `collectors` attribute.
+`TM_METRICS_HOST`:`TM_METRICS_PORT`: loopback by default, since the page has no authentication (a
+deployment scraped from elsewhere sets 0.0.0.0, as the container images do), and port 0 by default, an
+ephemeral one, so any number of instances share a host. The URL goes into the worker's heartbeat as
+`metrics_url`. A service adds its own collectors (the upscaler's GPU memory and engine counters)
+through the handler's `collectors` attribute.
 
     tm_stage_duration_seconds{stage,outcome}   histogram: time per message, as the stage_outcome log line
     tm_stage_messages_total{stage,outcome}     counter: outcome = succeeded|failed|retried|dropped|handed_back|error
@@ -78,7 +80,7 @@ class WorkerMetrics:
         """Add a service's own collector (collected at scrape time) to this registry."""
         self.registry.register(collector)
 
-    def serve(self, host: str = "0.0.0.0", port: int = 0) -> str:
+    def serve(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve /metrics on `host`:`port` (0: any free port) from a daemon thread; returns its URL.
 
         The URL names this machine's hostname when listening on every interface, so other hosts (the

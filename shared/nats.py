@@ -42,6 +42,7 @@ from shared.messages import (
     LEASES_BUCKET,
     PIPELINE,
     PRIORITIES,
+    SESSIONS_BUCKET,
     TASKS_BUCKET,
     WORKERS_BUCKET,
     Stage,
@@ -80,6 +81,7 @@ class Topology:
     leases: KeyValue
     idempotency: KeyValue
     blobs: ObjectStore
+    sessions: KeyValue
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
@@ -162,6 +164,7 @@ async def bind(nc: NATS) -> Topology:
         leases=await js.key_value(LEASES_BUCKET),
         idempotency=await js.key_value(IDEMPOTENCY_BUCKET),
         blobs=await js.object_store(BLOBS_BUCKET),
+        sessions=await js.key_value(SESSIONS_BUCKET),
     )
 
 
@@ -259,4 +262,20 @@ async def declare(nc: NATS, settings: Settings) -> Topology:
         ),
     )
     blobs = await _retrying(lambda: _declare_object_store(js, settings))
-    return Topology(nc=nc, js=js, tasks=tasks, workers=workers, leases=leases, idempotency=idempotency, blobs=blobs)
+    # A revocation outlives the session it ends: it is written before the session expires and kept a
+    # whole session lifetime. Direct gets: the dashboard guard reads it on every request with a cookie.
+    session_ttl_s = settings.dashboard_session_s or None  # 0: no sessions, nothing is ever written
+    sessions = await _ensure_kv(
+        js,
+        KeyValueConfig(bucket=SESSIONS_BUCKET, history=1, ttl=session_ttl_s, replicas=settings.replicas, direct=True),
+    )
+    return Topology(
+        nc=nc,
+        js=js,
+        tasks=tasks,
+        workers=workers,
+        leases=leases,
+        idempotency=idempotency,
+        blobs=blobs,
+        sessions=sessions,
+    )

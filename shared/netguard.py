@@ -2,11 +2,12 @@
 
 By default only public unicast addresses: never loopback, private, link-local (cloud metadata at
 169.254.169.254 included), carrier-grade NAT, multicast, reserved or unspecified ones, nor IPv6
-forms that lead to them (IPv4-mapped, 6to4, NAT64 embeddings of such an IPv4 address, unique-local,
-link-local). `AddressPolicy` holds the rules and the operator's exceptions (TM_FETCH_ALLOWLIST hosts
-and CIDRs, TM_FETCH_ALLOW_PRIVATE_NETWORKS, the configured S3 endpoint). Two checks use it:
-`check_url` before a request (literal hosts, in every notation a resolver accepts) and
-`shared.transport`'s connect-time check of each address actually connected to.
+forms that lead to them (IPv4-mapped, IPv4-translated, 6to4, NAT64 and ISATAP embeddings of such an
+IPv4 address, unique-local, link-local). `AddressPolicy` holds the rules and the operator's
+exceptions (TM_FETCH_ALLOWLIST hosts and CIDRs, TM_FETCH_ALLOW_PRIVATE_NETWORKS, the configured S3
+endpoint). Two checks use it: `check_url` before a request (literal hosts, in every notation a
+resolver accepts, non-ASCII ones mapped by IDNA/UTS-46 as httpx maps them: "127。0。0。1" is
+127.0.0.1) and `shared.transport`'s connect-time check of each address actually connected to.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import re
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from urllib.parse import unquote, urlsplit
+
+import idna
 
 from shared.config import Settings
 from shared.egress import safe_url
@@ -66,19 +69,34 @@ _V6_RULES: tuple[tuple[IPv6Network, str], ...] = tuple(
     )
 )
 _NAT64 = IPv6Network("64:ff9b::/96")
+_TRANSLATED = IPv6Network("::ffff:0:0:0/96")  # RFC 2765 (SIIT): ::ffff:0:a.b.c.d
+# ISATAP (RFC 5214): an interface id of 0000:5efe:a.b.c.d or 0200:5efe:a.b.c.d under any /64 prefix.
+_ISATAP_MASK, _ISATAP_ID = 0xFDFFFFFF, 0x00005EFE
 _LOOPBACK = IPv4Address("127.0.0.1")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _INET_ATON_PART = re.compile(r"0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*")
 
 
 def embedded_ipv4(address: IPv6Address) -> tuple[IPv4Address, str] | None:
-    """The IPv4 address an IPv6 address carries traffic to (mapped, 6to4, NAT64), and that form's name."""
+    """The IPv4 address an IPv6 address stands for (mapped, translated, 6to4, NAT64), and that form's name.
+
+    In these forms the prefix itself says "this IPv4 address", so the IPv4 address decides alone.
+    """
     if address.ipv4_mapped is not None:
         return address.ipv4_mapped, "an IPv4-mapped address"
+    if address in _TRANSLATED:
+        return IPv4Address(int(address) & 0xFFFFFFFF), "an IPv4-translated address"
     if address.sixtofour is not None:
         return address.sixtofour, "a 6to4 address"
     if address in _NAT64:
         return IPv4Address(int(address) & 0xFFFFFFFF), "a NAT64 address"
+    return None
+
+
+def isatap_ipv4(address: IPv6Address) -> IPv4Address | None:
+    """The IPv4 address in an ISATAP interface id, whatever the prefix (which is still checked on its own)."""
+    if (int(address) >> 32) & _ISATAP_MASK == _ISATAP_ID:
+        return IPv4Address(int(address) & 0xFFFFFFFF)
     return None
 
 
@@ -87,10 +105,14 @@ def address_rule(address: IPAddress) -> str | None:
     if isinstance(address, IPv6Address):
         address = ip_address(str(address).partition("%")[0])  # a zone ("fe80::1%eth0") changes nothing
         assert isinstance(address, IPv6Address)
-        if embedded := embedded_ipv4(address):
-            inner, form = embedded
-            rule = address_rule(inner)
-            return None if rule is None else f"{form} of {inner}, {rule}"
+        embedded = embedded_ipv4(address)
+        if embedded and (rule := address_rule(embedded[0])):
+            return f"{embedded[1]} of {embedded[0]}, {rule}"
+        # Before a public embedding lets the address through: "2002:808:808::5efe:127.0.0.1" is both.
+        if (isatap := isatap_ipv4(address)) and (rule := address_rule(isatap)):
+            return f"an ISATAP address of {isatap}, {rule}"
+        if embedded:
+            return None  # the IPv6 form of a public IPv4 address reaches just that address
         rules: tuple[tuple[IPNetwork, str], ...] = _V6_RULES
     else:
         rules = _V4_RULES
@@ -112,9 +134,26 @@ def inet_aton(host: str) -> IPv4Address | None:
     return IPv4Address(sum(value << (8 * (3 - i)) for i, value in enumerate(head)) + last)
 
 
+def ascii_host(host: str) -> str:
+    """`host` as httpx and the resolver get it: ASCII as it is, anything else mapped by IDNA/UTS-46.
+
+    "127。0。0。1" (ideographic full stops) and fullwidth "１２７.0.0.1" are 127.0.0.1, "ｌｏｃａｌｈｏｓｔ"
+    is localhost, "bücher.de" is xn--bcher-kva.de; ValueError when `host` is no valid IDNA name.
+    """
+    if host.isascii():
+        return host
+    try:
+        return idna.encode(host, uts46=True).decode("ascii")
+    except UnicodeError as exc:  # idna.IDNAError and its kinds
+        raise ValueError(f"not a valid international host name: {exc}") from exc
+
+
 def literal_address(host: str) -> IPAddress | None:
     """The address a URL host names without DNS (IPv6, dotted IPv4 or a legacy IPv4 form), else None."""
-    host = unquote(host).strip("[]")
+    try:
+        host = ascii_host(unquote(host).strip("[]"))
+    except ValueError:
+        return None
     try:
         return ip_address(host)
     except ValueError:
@@ -123,7 +162,7 @@ def literal_address(host: str) -> IPAddress | None:
 
 def is_loopback_name(host: str) -> bool:
     """localhost and *.localhost always mean this machine (RFC 6761), whatever DNS says."""
-    name = host.lower().removesuffix(".")
+    name = _name(host)
     return name == "localhost" or name.endswith(".localhost")
 
 
@@ -212,6 +251,10 @@ class AddressPolicy:
             raise InputError(f"invalid {role} URL ({exc}): {safe_url(url)}") from exc
         if not host:
             raise InputError(f"{role} URL has no host: {safe_url(url)}")
+        try:
+            ascii_host(unquote(host))  # what httpx would send: the checks below read the host the same way
+        except ValueError as exc:
+            raise InputError(f"invalid {role} URL host {host} ({exc}): {safe_url(url)}") from exc
         if self.trusts(host, port):
             return
         if is_loopback_name(host) and self.refusal(_LOOPBACK):
@@ -222,7 +265,12 @@ class AddressPolicy:
 
 
 def _name(host: str) -> str:
-    return host.strip().strip("[]").lower().removesuffix(".")
+    name = host.strip().strip("[]")
+    try:
+        name = ascii_host(name)
+    except ValueError:
+        pass  # no IDNA name: compared as it is (check_url refuses it as a URL host)
+    return name.lower().removesuffix(".")
 
 
 def _is_standard_literal(host: str) -> bool:

@@ -30,7 +30,7 @@ from nats.aio.msg import Msg
 from shared.blobs import discard_task_blobs
 from shared.config import Settings
 from shared.deadletters import dead_letter
-from shared.errors import PermanentError, RetryableError
+from shared.errors import MAX_BACKOFF_S, PermanentError, RetryableError
 from shared.job import Handler, Job
 from shared.messages import Stage, TaskMessage, next_stage, work_subject
 from shared.metrics import WorkerMetrics
@@ -40,8 +40,6 @@ from shared.state import StageAlreadyDoneError, TaskFinishedError, TaskState
 from shared.tasks import TaskGoneError, TaskStore
 
 log = structlog.get_logger()
-
-MAX_BACKOFF_S = 30.0
 
 
 def backoff_s(attempt: int, base_s: float, cap_s: float = MAX_BACKOFF_S) -> float:
@@ -287,8 +285,9 @@ class StageRunner:
         if attempt > self.settings.max_retries:
             return await self._fail(msg, task, f"{error} (gave up after {attempt} attempts)", attempt)
         # A delay the remote side asked for (Retry-After) is capped like our own: no server parks a task.
+        cap_s = self.settings.retry_max_delay_s
         delay = (
-            min(delay_s, MAX_BACKOFF_S) if delay_s is not None else backoff_s(attempt, self.settings.retry_base_delay_s)
+            min(delay_s, cap_s) if delay_s is not None else backoff_s(attempt, self.settings.retry_base_delay_s, cap_s)
         )
         try:
             await self.store.update(task.task_id, lambda s: s.retry_stage(self.stage, error, delay))

@@ -144,10 +144,15 @@ def guarded_client(
     network: httpcore.AsyncNetworkBackend | None = None,
     verify: ssl.SSLContext | bool = True,
 ) -> httpx.AsyncClient:
-    """An httpx client for URLs users give: every connection vetted, no redirects followed by itself."""
+    """An httpx client for URLs users give: every connection vetted, no redirects followed by itself,
+    bodies asked for uncompressed (read them with `shared.bodies.read_body`, which bounds them decoded)."""
     backend = GuardedBackend(policy, role=role, resolver=resolver, network=network)
     transport = GuardedTransport(backend, verify=verify)
-    return httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False, trust_env=False)
+    # identity: an honest server then sends plain bytes, and a body's size is its Content-Length.
+    headers = {"Accept-Encoding": "identity"}
+    return httpx.AsyncClient(
+        transport=transport, timeout=timeout, headers=headers, follow_redirects=False, trust_env=False
+    )
 
 
 def _parse(answer: str) -> IPAddress:

@@ -14,7 +14,9 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -22,10 +24,14 @@ import nats
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError, NotFoundError
 
 from shared.messages import EVENTS_SUBJECTS, PRIORITIES, WORKERS_BUCKET, work_stream
+from tests.servers import start_nats
 
 STAGE_SERVICES = ("fetcher", "classifier", "upscaler", "uploader")
 NOTIFIER = "notifier"  # webhooks; not a stage, but ready the same way (its heartbeat): System.start(NOTIFIER)
 ROOT = Path(__file__).resolve().parents[1]
+# TM_FILE_ROOT of every system under test: pytest's tmp_path directories lie under it, so tests read
+# and write file:// URLs in their own tmp_path (tests/security keeps /etc and the like outside it).
+FILE_ROOT = Path(tempfile.gettempdir()).resolve()
 
 
 def free_port() -> int:
@@ -46,10 +52,13 @@ class System:
             "TM_API_HOST": "127.0.0.1",
             "TM_API_PORT": str(self.api_port),
             "TM_FETCH_ALLOW_PRIVATE_NETWORKS": "true",
+            "TM_FILE_ROOT": str(FILE_ROOT),
             "TM_HEARTBEAT_S": "1",
             # Tests submit in bursts on purpose; the rate-limit tests set their own values.
             "TM_RATE_LIMIT_PER_S": "1000",
             "TM_RATE_LIMIT_BURST": "1000",
+            # Tests present wrong keys on purpose; the throttling test sets its own budget.
+            "TM_AUTH_FAILURE_BURST": "100000",
             **env,
         }
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -151,6 +160,19 @@ class System:
             lines = path.read_text(errors="replace").splitlines()[-tail:]
             parts.append(f"--- {path.name}\n" + "\n".join(lines))
         return "\n".join(parts)
+
+
+@contextmanager
+def system_on_own_nats(directory: Path, env: dict[str, str], *services: str) -> Iterator[System]:
+    """A System with `services` started on a NATS server of its own (under `directory`); both stop at exit."""
+    server = start_nats(directory / "nats")
+    system = System(server.url, directory / "logs", env)
+    try:
+        asyncio.run(system.start(*services))
+        yield system
+    finally:
+        system.stop()
+        server.stop()
 
 
 async def wait_terminal(nats_url: str, task_ids: list[str], timeout_s: float = 60) -> dict[str, dict]:

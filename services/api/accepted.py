@@ -2,8 +2,8 @@
 
 submission.py is where requests are checked, with field-level 400s; these fragments describe the
 same rules so that a client (or a fuzzer) that follows the document sends requests that work. What
-JSON Schema cannot say (which hosts the address policy refuses, file:// where a deployment allows
-it, a dotted S3 bucket's finer rules) stays in the descriptions.
+JSON Schema cannot say (which hosts the address policy refuses, file:// inside the directory a
+deployment sets aside for it, a dotted S3 bucket's finer rules) stays in the descriptions.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ CALLBACK_PATTERN = rf"^https?://{_HOST}{_PATH}{_QUERY}$"
 INPUT_URL: JsonDict = {
     "type": "string",
     "pattern": rf"^(https?|s3)://{_HOST}{_PATH}{_QUERY}$",
-    "description": "input_url: http(s) or s3://bucket/key (file:// too where TM_FETCH_ALLOW_PRIVATE_NETWORKS is on); "
+    "description": "input_url: http(s) or s3://bucket/key (file:// too, inside TM_FILE_ROOT where it is set); "
     "private, loopback and link-local addresses are refused",
 }
 _KEYED_OUTPUT_URL: JsonDict = {
@@ -47,7 +47,8 @@ OUTPUT_URL: JsonDict = {
             "description": "output_url with any object key, and kwargs.output_format set",
         },
     ],
-    "description": "output_url: s3://bucket/key, an S3 or presigned https URL, or any http(s) URL that takes a PUT",
+    "description": "output_url: s3://bucket/key, an S3 or presigned https URL, or any http(s) URL that takes a PUT "
+    "(file:// too, inside TM_FILE_ROOT where it is set)",
 }
 # Without kwargs.output_format, the output URL's extension names the format.
 OUTPUT_FORMAT_RULE: JsonDict = {

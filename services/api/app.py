@@ -14,8 +14,9 @@ from services.api.backpressure import QueueDepth
 from services.api.bodylimit import BodySizeLimit
 from services.api.deps import ApiContext
 from services.api.errors import install_error_handlers
+from services.api.head import HeadAsGet
 from services.api.metrics import ApiMetrics
-from services.api.ratelimit import TOO_MANY, RateLimiter
+from services.api.ratelimit import TOO_MANY, RateLimiter, TokenBuckets
 from services.api.routes import dashboard, events, health, task_control, tasks
 from services.api.routes.signin import DASHBOARD_401, show_sign_in, signin_router
 from services.api.sweeper import Sweeper
@@ -42,6 +43,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             api_keys=len(keys),  # how many, never which
             rate_limit_per_s=config.rate_limit_per_s,
             rate_limit_burst=config.rate_limit_burst,
+            auth_failure_per_s=config.auth_failure_per_s,
+            auth_failure_burst=config.auth_failure_burst,
             max_queue_depth=config.max_queue_depth,
             max_body_bytes=config.max_body_bytes,
         )
@@ -65,22 +68,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_body_bytes=config.max_body_bytes)
+    app.add_middleware(HeadAsGet)  # outermost: a HEAD is a GET all the way through
     # Access control in one place: with keys configured, /api/v1 and /dashboard need one (/health
-    # and the docs stay open); every /api/v1 route spends a token of its client's bucket.
-    guard = [Depends(ApiKeyGuard(keys))] if keys else []
-    guarded = UNAUTHORIZED if keys else {}
+    # and the docs stay open); every /api/v1 route spends a token of its client's bucket. Wrong keys
+    # spend their address's failure budget, one for every guard (services/api/auth.py).
+    failures = TokenBuckets(config.auth_failure_per_s, config.auth_failure_burst)
+    guard = [Depends(ApiKeyGuard(keys, failures))] if keys else []
+    guarded = {**UNAUTHORIZED, **TOO_MANY} if keys else {}
     limiter = Depends(RateLimiter(config.rate_limit_per_s, config.rate_limit_burst))
     limited = [*guard, limiter]
-    dashboard_guard, dashboard_401 = guard, guarded
+    dashboard_guard, dashboard_errors = guard, guarded
     if keys and config.dashboard_session_s:  # browsers sign in to the dashboard once (routes/signin.py)
-        browser_guard = ApiKeyGuard(keys, session_s=config.dashboard_session_s)
-        dashboard_guard, dashboard_401 = [Depends(browser_guard)], DASHBOARD_401
-        # Every sign-in attempt spends a token of its address's bucket: guessing keys is throttled.
+        browser_guard = ApiKeyGuard(keys, failures, session_s=config.dashboard_session_s)
+        dashboard_guard, dashboard_errors = [Depends(browser_guard)], {**DASHBOARD_401, **TOO_MANY}
+        # Every sign-in attempt also spends a token of its address's rate-limit bucket.
         app.include_router(signin_router(browser_guard), dependencies=[limiter], responses=TOO_MANY)
         app.add_exception_handler(SignInRequired, show_sign_in)
     app.include_router(tasks.router, dependencies=limited, responses={**guarded, **TOO_MANY})
     app.include_router(task_control.router, dependencies=limited, responses={**guarded, **TOO_MANY})
     app.include_router(events.router, dependencies=limited, responses={**guarded, **TOO_MANY})
     app.include_router(health.router)
-    app.include_router(dashboard.router, dependencies=dashboard_guard, responses=dashboard_401)
+    app.include_router(dashboard.router, dependencies=dashboard_guard, responses=dashboard_errors)
     return app

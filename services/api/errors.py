@@ -4,7 +4,7 @@
   FastAPI's default 422 responses accordingly;
 - NATS unreachable past the store's own retries is 503, not 500;
 - 405 lists in Allow every method of the path (Starlette names only those of the first route that
-  matches: GET /api/v1/tasks/{id} and its DELETE are separate routes).
+  matches: GET /api/v1/tasks/{id} and its DELETE are separate routes), and HEAD with GET (head.py).
 """
 
 from __future__ import annotations
@@ -46,12 +46,13 @@ def _path_pattern(template: str) -> re.Pattern[str]:
 async def _method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     path = request.scope["path"]
-    allowed = sorted(
+    documented = {
         method.upper()
         for template, operations in request.app.openapi()["paths"].items()
         if _path_pattern(template).fullmatch(path)
         for method in operations
-    )
+    }
+    allowed = sorted(documented | {"HEAD"} if "GET" in documented else documented)
     headers = {"Allow": ", ".join(allowed)} if allowed else dict(exc.headers or {})  # undocumented: Starlette's
     return JSONResponse({"detail": "Method Not Allowed"}, status_code=405, headers=headers)
 

@@ -35,8 +35,16 @@ def too_many(detail: str, retry_after_s: float) -> HTTPException:
     return HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail, headers={"Retry-After": str(seconds)})
 
 
+def peer(request: Request) -> str:
+    """The client as an address: the TCP peer as uvicorn reports it. Behind a reverse proxy that is the
+    proxy (all its clients share one bucket) unless uvicorn trusts the proxy's X-Forwarded-For
+    (FORWARDED_ALLOW_IPS, 127.0.0.1 and ::1 by default)."""
+    return f"ip:{request.client.host if request.client else 'unknown'}"
+
+
 class TokenBuckets:
-    """Token buckets by name; `take` answers 0 (allowed) or the seconds until a token is there."""
+    """Token buckets by name; `take` answers 0 (allowed) or the seconds until a token is there, and
+    spends it; `peek` answers the same without spending."""
 
     def __init__(self, rate_per_s: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate_per_s = rate_per_s
@@ -48,13 +56,21 @@ class TokenBuckets:
     def take(self, name: str) -> float:
         now = self._clock()
         self._forget_full(now)
-        tokens, at = self._buckets.pop(name, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - at) * self.rate_per_s)
+        tokens = self._tokens(name, now)
+        self._buckets.pop(name, None)  # put back last below: the most recently used
         if tokens >= 1:
             self._buckets[name] = (tokens - 1, now)
             return 0.0
         self._buckets[name] = (tokens, now)
         return (1 - tokens) / self.rate_per_s
+
+    def peek(self, name: str) -> float:
+        tokens = self._tokens(name, self._clock())  # stores nothing: looking costs no memory
+        return 0.0 if tokens >= 1 else (1 - tokens) / self.rate_per_s
+
+    def _tokens(self, name: str, now: float) -> float:
+        tokens, at = self._buckets.get(name, (float(self.burst), now))
+        return min(float(self.burst), tokens + (now - at) * self.rate_per_s)
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -75,9 +91,7 @@ class RateLimiter:
         self.buckets = TokenBuckets(rate_per_s, burst)
 
     async def __call__(self, request: Request) -> None:
-        client = getattr(request.state, "client", None)  # set by the API key guard
-        if client is None:
-            client = f"ip:{request.client.host if request.client else 'unknown'}"
+        client = getattr(request.state, "client", None) or peer(request)  # a key's name, set by the guard
         kind = "read" if request.method in ("GET", "HEAD") else "write"
         wait_s = self.buckets.take(f"{client}/{kind}")
         if wait_s > 0:

@@ -7,6 +7,7 @@ becomes a task that fails later: the task name, both URLs, and every upscaler op
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,6 +18,7 @@ from services.uploader.destinations import HttpPut, LocalFile, parse_destination
 from services.upscaler.options import validate_options
 from shared.errors import InputError
 from shared.images import OUTPUT_FORMATS, format_for_url
+from shared.localfiles import file_url_path, resolve_within, target_within
 from shared.messages import TASK_NAME, UpscaleOptions
 from shared.netguard import AddressPolicy
 
@@ -75,21 +77,23 @@ def _check_options(kwargs: dict[str, Any], output_url: str) -> UpscaleOptions:
     return options
 
 
-def _check_reachable(url: str, index: int, role: str, policy: AddressPolicy | None) -> None:
+def _check_reachable(url: str, index: int, role: str, policy: AddressPolicy | None, file_root: Path | None) -> None:
     """Refuse now what the fetcher/uploader would refuse anyway without a DNS lookup (a literal
-    private address, a loopback name, file:// where private networks are closed): a 400 at once
-    instead of a task that fails later. Names are still checked where they are connected to."""
+    private address, a loopback name, a file:// path outside TM_FILE_ROOT, or any while it is unset):
+    a 400 at once instead of a task that fails later. Names are still checked where they are connected
+    to, and file:// paths where they are opened (the workers' filesystem is the one that counts)."""
     if policy is None:
         return
     scheme = urlsplit(url).scheme.lower()
-    if scheme == "file" and not policy.allow_private:
-        closed = "TM_FETCH_ALLOW_PRIVATE_NETWORKS is off"
-        raise SubmissionError(f"args[{index}]: file:// {role} URLs are not allowed here ({closed})")
-    if scheme in ("http", "https"):
-        try:
+    try:
+        if scheme == "file" and role == "input":
+            resolve_within(file_root, file_url_path(url, role), role)
+        elif scheme == "file":  # an output's own name is replaced, not followed: as the uploader writes it
+            target_within(file_root, file_url_path(url, role), role)
+        elif scheme in ("http", "https"):
             policy.check_url(url, role)
-        except InputError as exc:
-            raise SubmissionError(f"args[{index}]: {exc}") from exc
+    except InputError as exc:
+        raise SubmissionError(f"args[{index}]: {exc}") from exc
 
 
 def validate_callback(request: SubmitTaskRequest, policy: AddressPolicy | None = None) -> str | None:
@@ -109,16 +113,22 @@ def validate_callback(request: SubmitTaskRequest, policy: AddressPolicy | None =
 
 
 def validate_submission(
-    request: SubmitTaskRequest, s3_endpoint: str | None, policy: AddressPolicy | None = None
+    request: SubmitTaskRequest,
+    s3_endpoint: str | None,
+    policy: AddressPolicy | None = None,
+    file_root: Path | None = None,
 ) -> tuple[str, str, UpscaleOptions]:
-    """Return (input_url, output_url, options) or raise SubmissionError."""
+    """Return (input_url, output_url, options) or raise SubmissionError.
+
+    Without a `policy` the URLs' destinations are not checked; with one, file:// URLs must lie inside
+    `file_root` (TM_FILE_ROOT), and are refused when it is None."""
     if request.task_name not in KNOWN_TASKS:
         raise SubmissionError(f"task_name: unknown task {request.task_name!r}; known: {', '.join(KNOWN_TASKS)}")
     if len(request.args) != 2:
         raise SubmissionError(f"args: expected [input_url, output_url], got {len(request.args)} item(s)")
     input_url = _check_input_url(request.args[0])
     output_url = _check_output_url(request.args[1], s3_endpoint)
-    _check_reachable(input_url, 0, "input", policy)
+    _check_reachable(input_url, 0, "input", policy, file_root)
     if isinstance(parse_destination(output_url, s3_endpoint=s3_endpoint), HttpPut | LocalFile):
-        _check_reachable(output_url, 1, "output", policy)
+        _check_reachable(output_url, 1, "output", policy, file_root)
     return input_url, output_url, _check_options(request.kwargs, output_url)

@@ -12,7 +12,7 @@ from shared.logging import configure_logging
 
 def _up(args: argparse.Namespace) -> int:
     configure_logging("supervisor")
-    return asyncio.run(supervisor.run(args.host, args.port, Path(args.data_dir), args.nats_port))
+    return asyncio.run(supervisor.run(args.host, args.port, Path(args.data_dir), args.nats_port, args.file_root))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,8 +21,13 @@ def build_parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", help="start NATS (unless NATS_URL is set), the API and the four stages")
     up.add_argument("--host", default="127.0.0.1", help="API listen address (default 127.0.0.1)")
     up.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
-    up.add_argument("--data-dir", default=".data", help="where the embedded NATS keeps its store")
+    up.add_argument("--data-dir", default=".data", help="where the embedded NATS keeps its store (and files/: file://)")
     up.add_argument("--nats-port", type=int, default=4222, help="port of the embedded NATS server")
+    up.add_argument(
+        "--file-root",
+        help="the one directory file:// inputs and outputs may use (default: TM_FILE_ROOT, else DATA_DIR/files); "
+        "'' turns file:// off",
+    )
     up.set_defaults(func=_up)
     tasks.register(commands)
     queues.register(commands)

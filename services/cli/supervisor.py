@@ -119,8 +119,24 @@ async def wait_healthy(url: str, timeout_s: float) -> bool:
     return False
 
 
-async def run(host: str, port: int, data_dir: Path, nats_port: int) -> int:
+def choose_file_root(chosen: str | None, data_dir: Path) -> str:
+    """TM_FILE_ROOT for the services: `--file-root`, else the environment's, else DATA_DIR/files (made here).
+
+    Not the working directory: a file:// output is written wherever a submitter names inside the root,
+    so the default is a directory of task-manager's own. An empty value keeps file:// off.
+    """
+    if chosen is None:
+        chosen = os.environ.get("TM_FILE_ROOT")
+    if chosen is None:
+        default = data_dir / "files"
+        default.mkdir(parents=True, exist_ok=True)
+        chosen = str(default)
+    return str(Path(chosen).resolve()) if chosen else ""
+
+
+async def run(host: str, port: int, data_dir: Path, nats_port: int, file_root: str | None = None) -> int:
     env = dict(os.environ, TM_API_HOST=host, TM_API_PORT=str(port))
+    env["TM_FILE_ROOT"] = choose_file_root(file_root, data_dir)
     nats_process = None
     if "NATS_URL" not in os.environ:
         nats_process = await start_nats(data_dir, nats_port)
@@ -137,7 +153,7 @@ async def run(host: str, port: int, data_dir: Path, nats_port: int) -> int:
     health_url = f"http://{host}:{port}/health"
     if await wait_healthy(health_url, 60):
         log.info("task_manager_up", api=f"http://{host}:{port}", docs=f"http://{host}:{port}/docs",
-                 dashboard=f"http://{host}:{port}/dashboard")  # fmt: skip
+                 dashboard=f"http://{host}:{port}/dashboard", file_root=env["TM_FILE_ROOT"] or None)  # fmt: skip
     else:
         log.error("api_not_healthy", url=health_url)
 

@@ -35,8 +35,10 @@ class CliError(Exception):
 
 def register(subparsers: Any) -> None:
     submit = subparsers.add_parser("submit", help="submit a task (and optionally wait for it)")
-    submit.add_argument("input_url", help="image to upscale (http(s)://, s3://bucket/key)")
-    submit.add_argument("output_url", help="where to write the result (s3://bucket/key.png, https://...)")
+    submit.add_argument("input_url", help="image to upscale (http(s)://, s3://bucket/key, file:// in TM_FILE_ROOT)")
+    submit.add_argument(
+        "output_url", help="where to write the result (s3://bucket/key.png, https://..., file:// in TM_FILE_ROOT)"
+    )
     submit.add_argument("--priority", type=int, default=5, help="0 (lowest) to 10 (highest), default 5")
     submit.add_argument("--model", help="a Real-ESRGAN model name instead of the routed one")
     submit.add_argument("--wait", action="store_true", help="follow progress until the task ends")

@@ -7,6 +7,8 @@ acknowledgement in one place.
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit
@@ -14,8 +16,10 @@ from urllib.parse import unquote, urljoin, urlsplit
 import aioboto3
 import httpx
 
+from shared.bodies import read_body
 from shared.egress import S3_ERRORS, http_status_error, http_transport_error, s3_error, safe_url
 from shared.errors import InputError, RetryableError
+from shared.localfiles import file_url_path, resolve_within
 from shared.netguard import AddressPolicy
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -31,12 +35,14 @@ async def read_input(
     max_redirects: int = 5,
     deadline_s: float | None = None,
     s3_session: aioboto3.Session | None = None,
+    file_root: Path | None = None,
 ) -> bytes:
     """The bytes at `url`, at most `max_bytes` of them; raises InputError or RetryableError.
 
     `http` must be a `shared.transport.guarded_client` with the same `policy`, which vets every address
     it connects to; here each URL (the given one and every redirect hop) is checked before its request.
     `deadline_s` bounds a whole HTTP download, redirects included, however slowly its bytes trickle in.
+    `file_root` (TM_FILE_ROOT) is the directory file:// URLs must stay in; None refuses them all.
     """
     try:
         scheme = urlsplit(url).scheme.lower()
@@ -57,9 +63,7 @@ async def read_input(
     if scheme == "s3":
         return await _read_s3(url, s3_session or aioboto3.Session(), max_bytes)
     if scheme == "file":
-        if not policy.allow_private:
-            raise InputError(f"file:// input URLs are not allowed here: {safe_url(url)}")
-        return await asyncio.to_thread(_read_file, url, max_bytes)
+        return await asyncio.to_thread(_read_file, url, max_bytes, file_root)
     raise InputError(f"unsupported input URL scheme {scheme or '(none)'!r} (http, https, s3): {safe_url(url)}")
 
 
@@ -78,9 +82,8 @@ async def _read_http(
                     continue
                 if error := http_status_error(response.status_code, current, response.headers, role="input"):
                     raise error
-                length = response.headers.get("content-length")
-                declared = int(length) if length and length.isdigit() else None
-                return await _read_limited(response.aiter_bytes(_CHUNK_BYTES), declared, max_bytes, current)
+                # Bounded after decoding: a few KB of gzip can mean gigabytes (shared/bodies.py).
+                return await read_body(response, max_bytes, role="input", setting="TM_FETCH_MAX_BYTES")
         except httpx.InvalidURL as exc:
             raise InputError(f"invalid input URL ({exc}): {safe_url(current)}") from exc
         except httpx.ConnectTimeout as exc:
@@ -121,13 +124,15 @@ async def _read_s3(url: str, session: aioboto3.Session, max_bytes: int) -> bytes
         raise s3_error(exc, f"input {url}") from exc
 
 
-def _read_file(url: str, max_bytes: int) -> bytes:
-    parts = urlsplit(url)
-    if parts.netloc not in ("", "localhost"):
-        raise InputError(f"file:// input URL names a remote host: {url}")
-    path = Path(unquote(parts.path))
+def _read_file(url: str, max_bytes: int, root: Path | None) -> bytes:
+    path = resolve_within(root, file_url_path(url, "input"), "input")
     try:
-        with path.open("rb") as file:
+        # The path was checked with every link resolved: a link put in its place since is not followed
+        # (O_NOFOLLOW), and a FIFO or device found there is neither waited on nor read (O_NONBLOCK).
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as file:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise InputError(f"input file {path} is not a regular file")
             data = file.read(max_bytes + 1)
     except OSError as exc:
         raise InputError(f"cannot read input file {path}: {exc.strerror or exc}") from exc

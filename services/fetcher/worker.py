@@ -29,6 +29,7 @@ async def make_handler(topology: Topology, settings: Settings) -> Handler:
             max_redirects=settings.fetch_max_redirects,
             deadline_s=settings.fetch_timeout_s,
             s3_session=s3_session,
+            file_root=settings.file_root,
         )
         # Format (by magic bytes) and size (from the header) before any pixel is decoded.
         formats, max_pixels = settings.accepted_formats(), settings.max_input_pixels

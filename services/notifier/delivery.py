@@ -2,7 +2,8 @@
 
 The request goes through the guarded client (shared/transport.py), so the address actually connected
 to passes the same SSRF rules as the fetcher's (no DNS-rebinding window), and redirects are not
-followed. Headers a receiver can rely on:
+followed. One deadline (TM_WEBHOOK_TIMEOUT_S) bounds the whole delivery, and the answer's body is
+never read. Headers a receiver can rely on:
 
     Tm-Event-Id / Idempotency-Key   the terminal event's id (<task_id>.<run>.<STATE>): dedupe on it
     Tm-Timestamp                    Unix seconds when this attempt was sent
@@ -12,12 +13,14 @@ followed. Headers a receiver can rely on:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import time
 from dataclasses import dataclass
 
 import httpx
+import structlog
 
 from shared.errors import InputError
 from shared.state import TaskStatus
@@ -26,6 +29,7 @@ H_EVENT_ID = "Tm-Event-Id"
 H_TIMESTAMP = "Tm-Timestamp"
 H_SIGNATURE = "Tm-Signature"
 RETRIED_STATUSES = frozenset({408, 425, 429})  # besides every 5xx: the receiver may take it later
+log = structlog.get_logger()
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -47,8 +51,17 @@ class Outcome:
     detail: str
 
 
-async def deliver(client: httpx.AsyncClient, url: str, status: TaskStatus, event_id: str, secret: str) -> Outcome:
-    """POST the status once; never raises for what the receiver or the network does."""
+async def deliver(
+    client: httpx.AsyncClient,
+    url: str,
+    status: TaskStatus,
+    event_id: str,
+    secret: str,
+    *,
+    deadline_s: float | None = None,
+) -> Outcome:
+    """POST the status once, within `deadline_s` in all; never raises for what the URL, the receiver or
+    the network does (an unexpected error is logged and retried, so it ends as webhook_failed at worst)."""
     body = status.model_dump_json().encode()
     timestamp = str(int(time.time()))
     headers = {
@@ -59,14 +72,29 @@ async def deliver(client: httpx.AsyncClient, url: str, status: TaskStatus, event
     }
     if secret:
         headers[H_SIGNATURE] = sign(secret, timestamp, body)
+    deadline = asyncio.timeout(deadline_s)
     try:
         # Streamed and closed unread: a receiver's answer body is of no interest, however large.
-        async with client.stream("POST", url, content=body, headers=headers) as response:
+        async with deadline, client.stream("POST", url, content=body, headers=headers) as response:
             code = response.status_code
     except InputError as exc:  # refused address, a name that does not resolve: no retry makes it pass
         return Outcome(False, False, str(exc))
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:  # nor for a URL httpx cannot send to
+        return Outcome(False, False, f"invalid callback URL ({exc})")
     except httpx.HTTPError as exc:
         return Outcome(False, True, f"{type(exc).__name__}: {exc}")
+    except TimeoutError as exc:
+        if deadline.expired():
+            return Outcome(False, True, f"no answer within the {deadline_s:g} s limit (TM_WEBHOOK_TIMEOUT_S)")
+        return _unexpected(exc)
+    except Exception as exc:
+        return _unexpected(exc)
     if 200 <= code < 300:
         return Outcome(True, False, f"HTTP {code}")
     return Outcome(False, code >= 500 or code in RETRIED_STATUSES, f"HTTP {code}")
+
+
+def _unexpected(exc: Exception) -> Outcome:
+    """An error no rule above knows: likely a bug, so kept with its traceback, and retried like one."""
+    log.warning("webhook_error", error=repr(exc), exc_info=exc)
+    return Outcome(False, True, f"{type(exc).__name__}: {exc}")

@@ -4,8 +4,9 @@ A durable pull consumer ("notifier") on the terminal events (task.events.>, each
 reads every ended task; one without a callback is acknowledged at once. A delivery that may pass
 later (a 5xx, 408, 425 or 429 answer, a timeout, a refused connection) is retried with exponential
 backoff through `nak(delay)`, up to TM_WEBHOOK_MAX_ATTEMPTS attempts; then, or at once for an answer
-no retry changes (another 4xx, a redirect, an address the SSRF rules refuse), a `webhook_failed` log
-line records the task, the URL and the last error, and the message is terminated. Each attempt's
+no retry changes (another 4xx, a redirect, an address the SSRF rules refuse, a URL httpx cannot send
+to), a `webhook_failed` log line records the task, the URL and the last error, and the message is
+terminated. A delivery error nobody expected is retried like a 5xx. Each attempt's
 outcome is also written to the task's status (`callback`: retrying, delivered or failed, attempts, last
 result), after the message is answered, so a slow state write can never cause a second delivery.
 
@@ -143,7 +144,8 @@ class Notifier:
         self.in_flight.add(status.task_id)
         began = time.monotonic()
         try:
-            outcome = await deliver(self.client, url, status, event_id, self.settings.webhook_secret)
+            secret, timeout_s = self.settings.webhook_secret, self.settings.webhook_timeout_s
+            outcome = await deliver(self.client, url, status, event_id, secret, deadline_s=timeout_s)
         finally:
             self.in_flight.discard(status.task_id)
         fields = {

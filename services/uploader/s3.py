@@ -19,6 +19,7 @@ import httpx
 from services.uploader.destinations import HttpPut, LocalFile, S3Target, parse_destination
 from shared.egress import S3_ERRORS, http_status_error, http_transport_error, s3_error, safe_url
 from shared.errors import InputError, RetryableError
+from shared.localfiles import target_within
 from shared.netguard import AddressPolicy
 
 # Disk trouble that may clear up by itself; any other OSError (permissions, not a directory) will not.
@@ -35,6 +36,7 @@ async def write_output(
     s3_session: aioboto3.Session | None,
     s3_endpoint: str | None,
     deadline_s: float | None = None,
+    file_root: Path | None = None,
 ) -> None:
     """Store `data` at `url` (see destinations.py for the URL forms); raises InputError or RetryableError.
 
@@ -42,6 +44,7 @@ async def write_output(
     the S3 client itself resolves its endpoint from the standard AWS environment and config files, and
     is not subject to `policy` (the operator chose it). PUT URLs are: `http` must be a
     `shared.transport.guarded_client` with the same `policy`. `deadline_s` bounds a whole PUT.
+    `file_root` (TM_FILE_ROOT) is the directory file:// URLs must stay in; None refuses them all.
     """
     match parse_destination(url, s3_endpoint=s3_endpoint):
         case S3Target(bucket, key):
@@ -61,9 +64,8 @@ async def write_output(
                     f"{safe_url(put_url)}"
                 ) from None
         case LocalFile(path):
-            if not policy.allow_private:
-                raise InputError(f"file:// output URLs are not allowed here: {url}")
-            await asyncio.to_thread(_write_file, path, data)
+            target = target_within(file_root, path)
+            await asyncio.to_thread(_write_file, target, data, file_root)
 
 
 async def _put_s3(bucket: str, key: str, data: bytes, content_type: str, session: aioboto3.Session) -> None:
@@ -78,19 +80,29 @@ async def _put_http(url: str, data: bytes, content_type: str, http: httpx.AsyncC
     try:
         # No redirects: a presigned URL's signature is for this URL only, and a PUT body is not
         # something to replay to wherever a server points.
-        response = await http.put(url, content=data, headers={"Content-Type": content_type}, follow_redirects=False)
+        # Streamed and closed unread: the target's answer body (perhaps a compression bomb) is never read.
+        headers = {"Content-Type": content_type}
+        async with http.stream("PUT", url, content=data, headers=headers, follow_redirects=False) as response:
+            status, answer_headers = response.status_code, response.headers
     except httpx.InvalidURL as exc:
         raise InputError(f"invalid output URL ({exc}): {safe_url(url)}") from exc
     except httpx.HTTPError as exc:
         raise http_transport_error(exc, url, role="output") from exc
-    if error := http_status_error(response.status_code, url, response.headers, role="output"):
+    if error := http_status_error(status, url, answer_headers, role="output"):
         raise error
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+def _write_file(path: Path, data: bytes, root: Path | None) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file.
+
+    `path` is `target_within(root, ...)`: its directory is a real path inside `root`. The rename
+    replaces a link at `path` rather than writing through it.
+    """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Checked again once the directories exist: one made a link since the check would show here.
+        if target_within(root, path).parent != path.parent:
+            raise InputError(f"output directory {path.parent} changed while it was written to, refused")
         fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as file:

@@ -38,7 +38,13 @@ async def make_handler(topology: Topology, settings: Settings) -> Handler:
         task = job.task
         data = await read_blob(topology.js, output_object(task.task_id))
         redelivered = job.attempt > 1 and await already_delivered(
-            task.output_url, data, http=http, s3_session=s3_session, s3_endpoint=s3_endpoint()
+            task.output_url,
+            data,
+            http=http,
+            s3_session=s3_session,
+            s3_endpoint=s3_endpoint(),
+            file_root=settings.file_root,
+            deadline_s=settings.fetch_timeout_s,
         )
         if not redelivered:  # a worker killed after its upload but before recording SUCCESS
             await write_output(
@@ -50,6 +56,7 @@ async def make_handler(topology: Topology, settings: Settings) -> Handler:
                 s3_session=s3_session,
                 s3_endpoint=s3_endpoint(),
                 deadline_s=settings.fetch_timeout_s,
+                file_root=settings.file_root,
             )
         # The runner's store: it remembers the stage's start write, so no read comes before this one.
         await job.store.update(task.task_id, lambda s: s.succeed(task_result(task)))

@@ -7,7 +7,6 @@ module-scoped fixtures that many tests share; `secured` is one with KEY_1 and KE
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.servers import start_nats
-from tests.system import System
+from tests.system import System, system_on_own_nats
 
 TASK = "image_super_resolution_pipeline"
 SUBMISSION = {"task_name": TASK, "args": ["https://example.com/in.jpg", "s3://bucket/out.png"]}
@@ -25,14 +24,8 @@ KEY_1, KEY_2, WRONG = (f"tm-{secrets.token_urlsafe(24)}" for _ in range(3))
 
 @contextmanager
 def api_only(directory: Path, **env: str) -> Iterator[System]:
-    server = start_nats(directory / "nats")
-    system = System(server.url, directory / "logs", env)
-    try:
-        asyncio.run(system.start("api"))
+    with system_on_own_nats(directory, env, "api") as system:
         yield system
-    finally:
-        system.stop()
-        server.stop()
 
 
 @pytest.fixture

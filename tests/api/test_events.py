@@ -85,8 +85,30 @@ async def test_unknown_task_and_bad_resume_point(api_system: System) -> None:
             response = await api.get(f"/api/v1/tasks/{task_id}/events")
             assert response.status_code == 404 and "not found" in response.json()["detail"]
         task_id = await submit(api)
-        response = await api.get(f"/api/v1/tasks/{task_id}/events", headers={"Last-Event-ID": "abc"})
-        assert response.status_code == 400 and response.json()["detail"].startswith("Last-Event-ID")
+        for last_event_id in BAD_RESUME_POINTS:
+            response = await api.get(f"/api/v1/tasks/{task_id}/events", headers={"Last-Event-ID": last_event_id})
+            assert response.status_code == 400, (last_event_id, response.text)
+            assert response.json()["detail"].startswith("Last-Event-ID: ")
+
+
+# Not a JetStream sequence (1 .. 2**64-1 in ASCII digits): 400, never NATS's refusal (503) or int()'s (500).
+BAD_RESUME_POINTS: list[str | bytes] = [
+    "abc", "0", "-1", "+1", "1.0", "0x10", "1 2",
+    str(2**64), "99999999999999999999", "9" * 5000, "1" + "0" * 5000,
+    b"\xb2", b"1\xb9",  # superscript digits (latin-1, as the server decodes headers): isdigit(), not int()
+]  # fmt: skip
+
+
+async def test_any_sequence_in_range_is_a_resume_point(api_system: System) -> None:
+    async with httpx.AsyncClient(base_url=api_system.api_url, timeout=30) as api, asyncio.timeout(30):
+        task_id = await submit(api)
+        assert (await api.post(f"/api/v1/tasks/{task_id}/revoke")).status_code == 200
+        for last_event_id in ("1", "0001", str(2**64 - 1)):
+            headers = {"Last-Event-ID": last_event_id}
+            async with api.stream("GET", f"/api/v1/tasks/{task_id}/events", headers=headers) as response:
+                assert response.status_code == 200, last_event_id
+                events = await collect(response)
+            assert events and events[-1].data["state"] == "REVOKED", last_event_id  # and the stream ended
 
 
 @pytest.mark.system_env(TM_API_KEYS="k1")

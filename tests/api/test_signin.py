@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from services.api.auth import SESSION_COOKIE, ApiKeyGuard
+from services.api.ratelimit import TokenBuckets
 from tests.api.conftest import KEY_1, KEY_2, WRONG, api_only
 from tests.system import System
 
@@ -107,12 +108,16 @@ async def test_a_forged_session_is_refused(secured: System, forge) -> None:
 
 
 def test_a_session_ends_at_its_expiry_and_with_its_key() -> None:
-    guard = ApiKeyGuard([KEY_1, KEY_2], session_s=60)
+    failures = TokenBuckets(1, 1)
+    guard = ApiKeyGuard([KEY_1, KEY_2], failures, session_s=60)
     token = guard.issue_session(1, now=1000)
-    assert guard.session_key(token, now=1059) == 1
-    assert guard.session_key(token, now=1061) is None
-    assert ApiKeyGuard([KEY_2], session_s=60).session_key(token, now=1000) is None  # key list changed
-    assert ApiKeyGuard([KEY_1, KEY_2], session_s=0).session_key(token, now=1000) is None  # sessions off
+    session = guard.session(token, now=1059)
+    assert session is not None and session.key == 1
+    assert guard.session(token, now=1061) is None
+    assert ApiKeyGuard([KEY_2], failures, session_s=60).session(token, now=1000) is None  # key list changed
+    assert ApiKeyGuard([KEY_1, KEY_2], failures, session_s=0).session(token, now=1000) is None  # sessions off
+    other = guard.session(guard.issue_session(1, now=1000), now=1000)
+    assert other is not None and other.id != session.id  # each sign-in is a session of its own
 
 
 def test_without_sessions_the_dashboard_needs_a_header_key(tmp_path) -> None:
@@ -129,3 +134,64 @@ def test_guessing_keys_on_the_form_is_throttled(tmp_path) -> None:
         ]
     assert [a.status_code for a in answers] == [200, 200, 200, 429]
     assert int(answers[-1].headers["retry-after"]) >= 1
+
+
+async def test_signing_out_revokes_the_session_on_every_replica(secured: System, tmp_path) -> None:
+    """The cookie a browser held is refused after sign-out even if it kept a copy (stolen, or a tab
+    that did not see the deletion), and by another API process on the same NATS too."""
+    other = System(secured.nats_url, tmp_path / "second", {"TM_API_KEYS": secured.env["TM_API_KEYS"]})
+    await other.start("api")
+    try:
+        async with httpx.AsyncClient(base_url=secured.api_url, timeout=30, headers=HTML) as browser:
+            token = (await sign_in(browser, KEY_1)).cookies[SESSION_COOKIE]
+            kept = {"Cookie": f"{SESSION_COOKIE}={token}"}
+            for api_url in (secured.api_url, other.api_url):
+                assert (await browser.get(f"{api_url}/dashboard/data", headers=kept)).status_code == 200
+            other_session = (await sign_in(browser, KEY_1)).cookies[SESSION_COOKIE]
+
+            signed_out = await browser.post("/dashboard/signout", headers=kept)
+            assert signed_out.status_code == 303
+            for api_url in (secured.api_url, other.api_url):
+                assert (await browser.get(f"{api_url}/dashboard/data", headers=kept)).status_code == 401
+                # Signing out ends that session only, not the key's other sessions.
+                others = {"Cookie": f"{SESSION_COOKIE}={other_session}"}
+                assert (await browser.get(f"{api_url}/dashboard/data", headers=others)).status_code == 200
+    finally:
+        other.stop()
+
+
+CROSS_ORIGIN = {
+    "another origin": {"Origin": "https://evil.example"},
+    "another port": {"Origin": "http://127.0.0.1:1"},
+    "opaque origin": {"Origin": "null"},
+    "cross-site fetch": {"Sec-Fetch-Site": "cross-site"},
+    "same-site fetch": {"Sec-Fetch-Site": "same-site"},
+}
+
+
+@pytest.mark.parametrize("headers", CROSS_ORIGIN.values(), ids=CROSS_ORIGIN.keys())
+async def test_a_form_posted_from_another_origin_is_refused(
+    browser: httpx.AsyncClient, secured: System, headers: dict[str, str]
+) -> None:
+    """Login CSRF: another site's page must not sign the browser in with the attacker's key, nor out."""
+    refused = await browser.post("/dashboard/signin", data={"key": KEY_1}, headers=headers)
+    assert refused.status_code == 403 and "set-cookie" not in refused.headers
+    field = next(iter(headers))
+    assert refused.json()["detail"].startswith(f"{field}: "), refused.text
+
+    token = (await sign_in(browser, KEY_1)).cookies[SESSION_COOKIE]
+    refused = await browser.post("/dashboard/signout", headers=headers)
+    assert refused.status_code == 403 and refused.json()["detail"].startswith(f"{field}: ")
+    kept = {"Cookie": f"{SESSION_COOKIE}={token}"}
+    assert (await browser.get("/dashboard/data", headers=kept)).status_code == 200  # still signed in
+
+
+async def test_a_form_posted_from_the_api_own_origin_passes(browser: httpx.AsyncClient, secured: System) -> None:
+    own = {"Origin": secured.api_url, "Sec-Fetch-Site": "same-origin"}
+    assert (await browser.post("/dashboard/signin", data={"key": KEY_1}, headers=own)).status_code == 303
+    assert (await browser.post("/dashboard/signout", headers=own)).status_code == 303
+    typed_in = {"Sec-Fetch-Site": "none"}  # no page sent it
+    assert (await browser.post("/dashboard/signin", data={"key": KEY_1}, headers=typed_in)).status_code == 303
+    # The origin is the request's as the API sees it (its Host header), its scheme's default port implied.
+    behind_a_name = {"Host": "tm.example:80", "Origin": "http://TM.example"}
+    assert (await browser.post("/dashboard/signin", data={"key": KEY_1}, headers=behind_a_name)).status_code == 303

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from services.cli.supervisor import choose_file_root
 from tests.servers import S3Server
 from tests.system import ROOT, free_port, worker_records
 
@@ -74,6 +75,7 @@ async def test_up_runs_supervises_and_stops_cleanly(up) -> None:
 
     await wait_for(fetcher_replaced, 60, "fetcher restarted")
     assert "service_exited" in log_path.read_text()
+    assert (log_path.parent / "data" / "files").is_dir()  # file:// is confined to DATA_DIR/files
 
     # SIGTERM stops everything: the supervisor exits 0 and leaves no process of its group behind.
     process.send_signal(signal.SIGTERM)
@@ -85,3 +87,15 @@ async def test_up_runs_supervises_and_stops_cleanly(up) -> None:
 async def _all_workers(nats_url: str) -> dict[str, int] | None:
     workers = await live_workers(nats_url)
     return workers if set(workers) >= SERVICES else None
+
+
+def test_the_file_root_is_a_directory_of_its_own_unless_chosen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "data"
+    monkeypatch.delenv("TM_FILE_ROOT", raising=False)
+    assert choose_file_root(None, data) == str(data / "files") and (data / "files").is_dir()
+    monkeypatch.setenv("TM_FILE_ROOT", str(tmp_path / "from-env"))
+    assert choose_file_root(None, data) == str(tmp_path / "from-env")
+    assert choose_file_root(str(tmp_path / "flag"), data) == str(tmp_path / "flag")  # --file-root wins
+    assert choose_file_root("", data) == ""  # file:// off
+    monkeypatch.chdir(tmp_path)
+    assert choose_file_root("pictures", data) == str(tmp_path / "pictures")  # made absolute for the services

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -15,8 +17,9 @@ import httpx
 import pytest
 
 from services.fetcher.sources import read_input
+from shared import stage
 from shared.egress import http_status_error, retry_after_s, safe_url
-from shared.errors import InputError, RetryableError
+from shared.errors import MAX_BACKOFF_S, InputError, RetryableError
 from shared.netguard import AddressPolicy
 from shared.transport import guarded_client
 from tests.servers import S3Server, StaticHTTPServer
@@ -83,6 +86,20 @@ async def test_http_429_uses_retry_after(http_server: StaticHTTPServer) -> None:
     assert caught.value.delay_s == 7
 
 
+@pytest.mark.parametrize("status", [503, 429])
+async def test_a_year_long_retry_after_waits_at_most_the_backoff_cap(
+    http_server: StaticHTTPServer, status: int
+) -> None:
+    url = http_server.url(f"status/{status}?retry_after=31536000")
+    asked = (
+        f"input URL returned HTTP {status} (asked to retry after 31536000 s; retries wait at most "
+        f"TM_RETRY_MAX_DELAY_S): {url}"
+    )
+    with pytest.raises(RetryableError) as caught:
+        await read(url)
+    assert (str(caught.value), caught.value.delay_s) == (asked, MAX_BACKOFF_S)
+
+
 @pytest.mark.parametrize("route", ["", "nolength/"])  # declared Content-Length, and none at all
 async def test_http_too_large_is_input_error(http_server: StaticHTTPServer, route: str) -> None:
     name = f"{uuid.uuid4().hex}.bin"
@@ -111,13 +128,48 @@ async def test_file_urls(tmp_path: Path) -> None:
     path = tmp_path / "in put.png"
     path.write_bytes(b"local")
     url = f"file://{str(path).replace(' ', '%20')}"
-    with pytest.raises(InputError, match="file:// input URLs are not allowed"):
-        await read(url, policy=AddressPolicy())
-    assert await read(url) == b"local"
+    # Off unless TM_FILE_ROOT is set, whatever the address policy says.
+    with pytest.raises(InputError, match=r"file:// input URLs are not allowed here \(TM_FILE_ROOT is not set\)"):
+        await read(url)
+    assert await read(url, file_root=tmp_path) == b"local"
+    assert await read(url, policy=AddressPolicy(), file_root=tmp_path) == b"local"  # private networks closed
     with pytest.raises(InputError, match="cannot read input file"):
-        await read(f"file://{tmp_path}/missing.png")
+        await read(f"file://{tmp_path}/missing.png", file_root=tmp_path)
     with pytest.raises(InputError, match="larger than the 3-byte limit"):
-        await read(url, max_bytes=3)
+        await read(url, max_bytes=3, file_root=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "escape",
+    [
+        "file:///etc/passwd",
+        "file://{root}/../secret.txt",
+        "file://{root}/%2e%2e/secret.txt",
+        "file://{root}/%2E%2E%2Fsecret.txt",
+        "file://{root}/out-link",
+        "file://{root}/door/secret.txt",
+    ],
+)
+async def test_file_urls_cannot_leave_the_root(tmp_path: Path, escape: str) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "secret.txt").write_bytes(b"secret")
+    (root / "out-link").symlink_to(tmp_path / "secret.txt")
+    (root / "door").symlink_to(tmp_path, target_is_directory=True)
+    with pytest.raises(InputError, match=r"input file:// URL leaves TM_FILE_ROOT \(.*root\): /"):
+        await read(escape.format(root=root), file_root=root)
+
+
+async def test_file_links_inside_the_root_are_read(tmp_path: Path) -> None:
+    (tmp_path / "real.png").write_bytes(b"real")
+    (tmp_path / "alias.png").symlink_to(tmp_path / "real.png")
+    assert await read(f"file://{tmp_path}/alias.png", file_root=tmp_path) == b"real"
+
+
+async def test_a_fifo_in_the_root_is_not_waited_on(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.png")  # opened for reading, a FIFO would block until a writer came
+    with pytest.raises(InputError, match="is not a regular file"):
+        await read(f"file://{tmp_path}/pipe.png", file_root=tmp_path, timeout_s=2)
 
 
 @pytest.mark.parametrize("url", ["ftp://host/x.png", "data:image/png;base64,AAAA", "x.png"])
@@ -175,6 +227,12 @@ def test_retry_after_s() -> None:
     later = retry_after_s(format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True))
     assert later is not None and 25 < later <= 30
     assert retry_after_s("Mon, 01 Jan 2001 00:00:00 GMT") == 0
+    # The server chooses it, so it is capped at the stage backoff's cap, in either form.
+    assert retry_after_s("31536000") == retry_after_s("Fri, 01 Jan 2100 00:00:00 GMT") == MAX_BACKOFF_S == 30
+    assert retry_after_s("9" * 400) == MAX_BACKOFF_S  # float("9" * 400) is inf
+    assert retry_after_s("\u00b2") is None  # isdigit(), but no number float() reads
+    assert retry_after_s("31536000", cap_s=math.inf) == 31536000
+    assert stage.MAX_BACKOFF_S == MAX_BACKOFF_S  # one cap, whoever chose the delay
 
 
 def test_safe_url_hides_signatures_and_passwords() -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+import time
+
 import httpx
+import pytest
 
 from services.notifier.delivery import H_EVENT_ID, H_SIGNATURE, H_TIMESTAMP, deliver, verify
 from shared.netguard import AddressPolicy
@@ -69,3 +73,38 @@ async def test_the_address_rules_hold_at_delivery_time() -> None:
     assert "callback URL host 127.0.0.1 is a loopback address" in refused.detail
     assert receiver.deliveries.empty()
     assert not unreachable.delivered
+
+
+@pytest.mark.parametrize(
+    ("url", "detail"),
+    [("http://127.0.0.256:18500/o.png", "invalid callback URL (Invalid IPv4 address: '127.0.0.256')"),
+     ("ftp://127.0.0.1/hook", "invalid callback URL (Request URL has an unsupported protocol 'ftp://'.)")],
+)  # fmt: skip
+async def test_a_url_httpx_cannot_send_to_fails_at_once(url: str, detail: str) -> None:
+    # httpx.InvalidURL is no httpx.HTTPError: it used to escape, so the event was redelivered forever.
+    async with client(allow_private=True) as http:
+        outcome = await deliver(http, url, ended(), "e", SECRET, deadline_s=5)
+    assert (outcome.delivered, outcome.retry, outcome.detail) == (False, False, detail)
+
+
+async def test_a_receiver_that_never_answers_is_cut_by_the_deadline_and_retried() -> None:
+    with socket.socket() as silent:  # listening, never accepting: the request goes out, no answer comes
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        began = time.monotonic()
+        async with client(allow_private=True) as http:  # its own timeouts are 5 s
+            outcome = await deliver(
+                http, f"http://127.0.0.1:{silent.getsockname()[1]}/hook", ended(), "e", "", deadline_s=0.5
+            )
+    assert (outcome.delivered, outcome.retry) == (False, True)
+    assert outcome.detail == "no answer within the 0.5 s limit (TM_WEBHOOK_TIMEOUT_S)"
+    assert time.monotonic() - began < 3
+
+
+async def test_an_unexpected_error_is_retried_not_raised() -> None:
+    def broken(request: httpx.Request) -> httpx.Response:
+        raise RuntimeError("a bug somewhere below")
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(broken)) as http:
+        outcome = await deliver(http, "http://receiver/hook", ended(), "e", "", deadline_s=5)
+    assert (outcome.delivered, outcome.retry, outcome.detail) == (False, True, "RuntimeError: a bug somewhere below")

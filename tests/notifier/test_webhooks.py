@@ -19,7 +19,7 @@ from shared.messages import EVENTS_STREAM
 from tests.e2e.images import photo
 from tests.notifier.receiver import Receiver
 from tests.servers import StaticHTTPServer
-from tests.system import NOTIFIER, System
+from tests.system import NOTIFIER, System, wait_terminal
 
 TASK = "image_super_resolution_pipeline"
 SECRET = "webhook-test-secret"
@@ -120,3 +120,17 @@ async def test_a_receiver_refusing_it_is_not_retried_and_the_status_says_so(
     assert refused.answered == 404
     record = await callback_of(notifier, task_id)
     assert (record["state"], record["attempts"], record["last_result"]) == ("failed", 1, "HTTP 404")
+
+
+async def test_a_callback_url_httpx_cannot_send_to_fails_at_once(
+    notifier: System, http_server: StaticHTTPServer, s3_bucket: str
+) -> None:
+    # Passes the API's checks, but httpx refuses to build the request: it used to escape as a traceback
+    # every ack_wait, with `callback` never written and no webhook_failed line.
+    task_id = await submit(notifier, http_server, s3_bucket, "http://127.0.0.256:18500/o.png")
+    await wait_terminal(notifier.nats_url, [task_id], timeout_s=120)
+    record = await callback_of(notifier, task_id)
+    assert (record["state"], record["attempts"]) == ("failed", 1)
+    assert record["last_result"] == "invalid callback URL (Invalid IPv4 address: '127.0.0.256')"
+    failed = [line for line in (notifier.log_dir / "notifier.log").read_text().splitlines() if task_id in line]
+    assert any('"webhook_failed"' in line for line in failed), failed

@@ -1,8 +1,10 @@
-"""Hostile inputs, made on the spot: decompression bombs, truncated and corrupt files, non-images."""
+"""Hostile inputs, made on the spot: decompression bombs (images, HTTP bodies), truncated and corrupt
+files, non-images."""
 
 from __future__ import annotations
 
 import functools
+import gzip
 import io
 import struct
 import zlib
@@ -67,6 +69,30 @@ def webp_bomb(side: int = 16_383) -> bytes:
     assert data[12:16] == b"VP8 ", "Pillow wrote an extended WebP; the test needs a simple one"
     struct.pack_into("<HH", data, 26, side, side)
     return bytes(data)
+
+
+MiB = 1024 * 1024
+
+
+def gzip_of_zeros(mib: int) -> bytes:
+    """gzip of `mib` MiB of zeros (1024: about 1 MB), made without ever holding them: after a full flush
+    every MiB of zeros deflates to the same bytes, so one is compressed and repeated; only the CRC
+    runs over all of them."""
+    zeros = bytes(MiB)
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    block = deflate.compress(zeros) + deflate.flush(zlib.Z_FULL_FLUSH)
+    crc = 0
+    for _ in range(mib):
+        crc = zlib.crc32(zeros, crc)
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"  # gzip, deflate, no flags, no time, best, unknown OS
+    trailer = struct.pack("<II", crc, (mib * MiB) & 0xFFFFFFFF)
+    return header + block * mib + deflate.flush() + trailer
+
+
+@functools.cache
+def body_bomb(gib: int = 1) -> bytes:
+    """A few KB that are `gib` GiB once undone: send it with `Content-Encoding: gzip, gzip`."""
+    return gzip.compress(gzip_of_zeros(gib * 1024), 9)
 
 
 def truncated(data: bytes, keep: float = 0.5) -> bytes:

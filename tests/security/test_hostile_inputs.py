@@ -165,6 +165,8 @@ async def test_ssrf_and_limits_fail_cleanly(
             Case(f"http://[::1]:{port}/x.png", "input URL host ::1 is a loopback address, refused"),
             Case(f"http://[::ffff:127.0.0.1]:{port}/x.png", "IPv4-mapped address of 127.0.0.1, a loopback"),
             Case(f"http://0.0.0.0:{port}/x.png", "input URL host 0.0.0.0 is an unspecified address, refused"),
+            Case(f"http://127\u30020\u30020\u30021:{port}/x.png", "is 127.0.0.1, a loopback address, refused"),
+            Case(f"http://[::ffff:0:127.0.0.1]:{port}/x.png", "IPv4-translated address of 127.0.0.1, a loopback"),
         ],
         "ssrf: metadata and private nets": [
             Case(metadata, cloud),
@@ -179,7 +181,12 @@ async def test_ssrf_and_limits_fail_cleanly(
             Case(allowed_server.redirect_to("file:///etc/passwd"), "redirected to a non-HTTP URL"),
         ],
         "ssrf: other schemes": [
-            Case("file:///etc/passwd", "file:// input URLs are not allowed here"),
+            Case("file:///etc/passwd", "file:// input URLs are not allowed here (TM_FILE_ROOT is not set)"),
+            Case(
+                s3_input,
+                "file:// output URLs are not allowed here (TM_FILE_ROOT is not set)",
+                output_url="file:///etc/cron.d/x.png",
+            ),
         ],
         "ssrf: output PUT": [
             Case(

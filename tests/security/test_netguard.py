@@ -11,7 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.errors import InputError
-from shared.netguard import AddressPolicy, AddressRefusedError, address_rule, inet_aton, literal_address
+from shared.netguard import (
+    AddressPolicy,
+    AddressRefusedError,
+    address_rule,
+    ascii_host,
+    inet_aton,
+    is_loopback_name,
+    literal_address,
+)
 
 STRICT = AddressPolicy()
 
@@ -57,6 +65,17 @@ STRICT = AddressPolicy()
         ("64:ff9b::a00:1", "a NAT64 address of 10.0.0.1, a private address"),
         ("64:ff9b:1::1", "a local-use NAT64 address"),
         ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "a Teredo tunnel address"),
+        ("::ffff:0:127.0.0.1", "an IPv4-translated address of 127.0.0.1, a loopback address"),
+        ("::ffff:0:a9fe:a9fe", "an IPv4-translated address of 169.254.169.254, a link-local address (cloud metadata)"),
+        ("::5efe:127.0.0.1", "an ISATAP address of 127.0.0.1, a loopback address"),
+        ("::200:5efe:10.0.0.1", "an ISATAP address of 10.0.0.1, a private address"),
+        (
+            "2606:4700::200:5efe:169.254.169.254",
+            "an ISATAP address of 169.254.169.254, a link-local address (cloud metadata)",
+        ),
+        ("fe80::5efe:127.0.0.1", "an ISATAP address of 127.0.0.1, a loopback address"),
+        ("2002:808:808::5efe:127.0.0.1", "an ISATAP address of 127.0.0.1, a loopback address"),  # 6to4 of a public one
+        ("fe80::5efe:8.8.8.8", "a link-local address"),  # a public IPv4 address leaves the prefix to decide
         # Public: nothing to refuse (the IPv6 forms of a public IPv4 address reach just that address).
         ("93.184.215.14", None),
         ("8.8.8.8", None),
@@ -64,6 +83,9 @@ STRICT = AddressPolicy()
         ("::ffff:8.8.8.8", None),
         ("64:ff9b::808:808", None),
         ("2002:808:808::1", None),
+        ("::ffff:0:8.8.8.8", None),
+        ("2606:4700::5efe:8.8.8.8", None),
+        ("2606:4700::100:5efe:127.0.0.1", None),  # not an ISATAP id (the group bit): just an address
     ],
 )
 def test_address_rules(address: str, rule: str | None) -> None:
@@ -86,6 +108,14 @@ def test_address_rules(address: str, rule: str | None) -> None:
         ("[::1]", "::1"),
         ("::ffff:127.0.0.1", "::ffff:127.0.0.1"),
         ("fe80::1%25eth0", "fe80::1%eth0"),  # the zone as a URL carries it
+        ("127\u30020\u30020\u30021", "127.0.0.1"),  # ideographic full stops, as httpx maps them (IDNA)
+        ("127\uff0e0\uff0e0\uff0e1", "127.0.0.1"),  # fullwidth full stops
+        ("127\uff610\uff610\uff611", "127.0.0.1"),  # halfwidth ideographic full stops
+        ("\uff11\uff12\uff17.0.0.\uff11", "127.0.0.1"),  # fullwidth digits (UTS-46 maps them)
+        ("\uff10x7f\u30021", "127.0.0.1"),
+        ("127%E3%80%820.0.1", "127.0.0.1"),  # percent-encoded, as a resolver-bound name would be decoded
+        ("b\u00fccher.example", None),
+        ("\u2603.example", None),  # no valid IDNA name: no address either
         ("example.com", None),
         ("1.2.3.4.5", None),
         ("256.1", None),
@@ -124,6 +154,14 @@ def test_inet_aton_reads_numbers_as_the_c_library_does(host: str) -> None:
         ("http://127.1/x.png", "input URL host 127.1 is 127.0.0.1, a loopback address, refused"),
         ("http://[::1]:80/x.png", "input URL host ::1 is a loopback address, refused"),
         ("http://[::ffff:127.0.0.1]/", "host ::ffff:127.0.0.1 is an IPv4-mapped address of 127.0.0.1, a loopback"),
+        ("http://[::ffff:0:127.0.0.1]/", "host ::ffff:0:127.0.0.1 is an IPv4-translated address of 127.0.0.1, a loop"),
+        ("http://[::200:5efe:127.0.0.1]/", "host ::200:5efe:127.0.0.1 is an ISATAP address of 127.0.0.1, a loopback"),
+        ("http://127\u30020\u30020\u30021/", "host 127\u30020\u30020\u30021 is 127.0.0.1, a loopback address, refused"),
+        ("http://\uff11\uff12\uff17.0.0.1:8080/", "is 127.0.0.1, a loopback address, refused"),
+        ("http://\uff4c\uff4f\uff43\uff41\uff4c\uff48\uff4f\uff53\uff54/", "is a loopback name, refused"),
+        ("http://169\uff0e254\uff0e169\uff0e254/", "is 169.254.169.254, a link-local address (cloud metadata)"),
+        ("http://\u2603.example/x.png", "invalid input URL host \u2603.example (not a valid international host name"),
+        ("http://a\u200db.example/x.png", "invalid input URL host"),
         ("https://169.254.169.254/latest/meta-data/", "is a link-local address (cloud metadata), refused"),
         ("http://0.0.0.0:8000/", "input URL host 0.0.0.0 is an unspecified address, refused"),
         ("http://10.0.0.5/", "input URL host 10.0.0.5 is a private address, refused"),
@@ -142,6 +180,20 @@ def test_check_url_refuses_with_a_readable_reason(url: str, message: str) -> Non
 def test_check_url_leaves_names_to_the_connect_time_check() -> None:
     STRICT.check_url("https://images.example.com/cat.png", "input")  # resolved and vetted on connect
     STRICT.check_url("http://93.184.215.14/cat.png", "output")
+    STRICT.check_url("https://b\u00fccher.example/cat.png", "input")  # an international name: xn--bcher-kva
+    STRICT.check_url("http://under_score.example/cat.png", "input")  # ASCII names go as they are, as in httpx
+
+
+def test_international_names_compare_in_their_ascii_form() -> None:
+    assert ascii_host("B\u00fccher.Example") == "xn--bcher-kva.example"
+    assert ascii_host("127\u30020\u30020\u30021") == "127.0.0.1"
+    assert ascii_host("Under_Score.example") == "Under_Score.example"  # ASCII: untouched, like httpx
+    with pytest.raises(ValueError, match="not a valid international host name"):
+        ascii_host("\u2603.example")
+    assert is_loopback_name("\uff4c\uff4f\uff43\uff41\uff4c\uff48\uff4f\uff53\uff54.")
+    policy = AddressPolicy.build(allowlist=["b\u00fccher.internal"])
+    assert policy.trusts("xn--bcher-kva.internal", 80)  # what the connect-time check gets from httpx
+    assert policy.trusts("B\u00dcCHER.internal", 80)
 
 
 def test_allowlist_entries_open_hosts_addresses_and_networks() -> None:
@@ -184,7 +236,9 @@ def test_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @settings(max_examples=300, derandomize=True, database=None)
-@given(st.text(alphabet="0123456789abcdefx.:[]%-lochstLOCALHOST", min_size=1, max_size=24))
+@given(
+    st.text(alphabet="0123456789abcdefx.:[]%-lochstLOCALHOST\u3002\uff0e\uff61\uff10\uff11\uff17\uff4c", max_size=24)
+)
 def test_check_url_on_any_host_refuses_or_lets_only_public_literals_through(host: str) -> None:
     try:
         STRICT.check_url(f"http://{host}/x.png", "input")

@@ -79,6 +79,14 @@ def literal(message: str) -> str:
         ("[::1]", "host ::1 is a loopback address"),
         ("[::ffff:127.0.0.1]", "host ::ffff:127.0.0.1 is an IPv4-mapped address of 127.0.0.1, a loopback address"),
         ("[64:ff9b::7f00:1]", "host 64:ff9b::7f00:1 is a NAT64 address of 127.0.0.1, a loopback address"),
+        ("[::ffff:0:7f00:1]", "host ::ffff:0:7f00:1 is an IPv4-translated address of 127.0.0.1, a loopback address"),
+        ("[::200:5efe:7f00:1]", "host ::200:5efe:7f00:1 is an ISATAP address of 127.0.0.1, a loopback address"),
+        ("127\u30020\u30020\u30021", "host 127\u30020\u30020\u30021 is 127.0.0.1, a loopback address"),
+        ("\uff11\uff12\uff17.0.0.1", "host \uff11\uff12\uff17.0.0.1 is 127.0.0.1, a loopback address"),
+        (
+            "\uff4c\uff4f\uff43\uff41\uff4c\uff48\uff4f\uff53\uff54",
+            "host \uff4c\uff4f\uff43\uff41\uff4c\uff48\uff4f\uff53\uff54 is a loopback name",
+        ),
         ("0.0.0.0", "host 0.0.0.0 is an unspecified address"),
         ("10.0.0.1", "host 10.0.0.1 is a private address"),
         ("172.16.0.1", "host 172.16.0.1 is a private address"),
@@ -99,7 +107,20 @@ async def test_private_hosts_are_refused_before_any_connection(
     assert len(http_server.requests) == before
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "2130706433", "[::1]", "[::ffff:127.0.0.1]", "0.0.0.0"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        "2130706433",
+        "[::1]",
+        "[::ffff:127.0.0.1]",
+        "0.0.0.0",
+        "[::ffff:0:127.0.0.1]",
+        "[::5efe:127.0.0.1]",
+        "127\u30020\u30020\u30021",  # httpx maps it to 127.0.0.1 before the backend sees it
+        "127\uff0e0\uff0e0\uff0e1",
+    ],
+)
 async def test_the_connection_itself_is_checked_too(http_server: StaticHTTPServer, served: str, host: str) -> None:
     # Straight to the client, past read_input's URL check: the transport refuses on its own.
     network = LoopbackNetwork()
@@ -107,6 +128,21 @@ async def test_the_connection_itself_is_checked_too(http_server: StaticHTTPServe
         with pytest.raises(AddressRefusedError, match="loopback|unspecified"):
             await http.get(f"http://{host}:{http_server.port}/{served}")
     assert network.connected == []
+
+
+async def test_international_names_reach_the_connect_time_check_in_ascii(
+    http_server: StaticHTTPServer, served: str
+) -> None:
+    # The checks before the request and at connect time read the same name: its IDNA (ASCII) form.
+    resolver, network = ScriptedResolver({"xn--bcher-kva.test": [["127.0.0.1"]]}), LoopbackNetwork()
+    message = "input URL host xn--bcher-kva.test resolves to 127.0.0.1, a loopback address, refused"
+    with pytest.raises(AddressRefusedError, match=literal(message)):
+        await read(f"http://b\u00fccher.test:{http_server.port}/{served}", resolver=resolver, network=network)
+    assert resolver.calls == ["xn--bcher-kva.test"] and network.connected == []
+    allowed = AddressPolicy.build(allowlist=["B\u00dcCHER.test"])  # the operator may write it either way
+    url = f"http://b\u00fccher.test:{http_server.port}/{served}"
+    assert await read(url, policy=allowed, resolver=resolver, network=network) == b"payload"
+    assert network.connected == ["127.0.0.1"]
 
 
 async def test_a_name_resolving_to_loopback_is_refused(http_server: StaticHTTPServer, served: str) -> None:
@@ -125,6 +161,8 @@ async def test_a_name_resolving_to_loopback_is_refused(http_server: StaticHTTPSe
         (["64:ff9b::a00:1"], "resolves to 64:ff9b::a00:1, a NAT64 address of 10.0.0.1, a private address"),
         (["fd12::1"], "resolves to fd12::1, a unique-local address"),
         (["fe80::1%lo"], "a link-local address"),
+        (["::ffff:0:a9fe:a9fe"], "an IPv4-translated address of 169.254.169.254, a link-local address (cloud"),
+        (["fe80::200:5efe:a00:1"], "resolves to fe80::200:5efe:a00:1, an ISATAP address of 10.0.0.1, a private"),
     ],
 )
 async def test_every_resolved_address_must_be_allowed(answer: list[str], reason: str) -> None:
@@ -199,8 +237,9 @@ async def test_redirects_are_counted(http_server: StaticHTTPServer, served: str)
         ("ftp://files.test/x.png", "unsupported input URL scheme 'ftp'"),
         ("gopher://files.test:70/_x", "unsupported input URL scheme 'gopher'"),
         ("dict://files.test:11211/stat", "unsupported input URL scheme 'dict'"),
-        ("file:///etc/passwd", "file:// input URLs are not allowed here"),
+        ("file:///etc/passwd", "file:// input URLs are not allowed here (TM_FILE_ROOT is not set)"),
         ("http://[::1/x.png", "invalid input URL"),
+        ("http://\u2603.test/x.png", "invalid input URL host \u2603.test"),
     ],
 )
 async def test_other_schemes_are_refused(url: str, message: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from nats.js.errors import ObjectNotFoundError
@@ -18,7 +19,7 @@ from shared.messages import EVENTS_SUBJECTS, Stage, TaskMessage, input_object, w
 from shared.nats import Topology
 from shared.puller import PriorityPuller
 from shared.stage import StageRunner, backoff_s
-from shared.state import TaskStatus
+from shared.state import TaskStatus, parse_time
 from shared.tasks import TaskStore
 from tests.shared.test_events import ended_without_events, stored_terminal_events
 
@@ -331,3 +332,19 @@ async def test_a_redelivery_that_finds_its_task_ended_without_events_restores_th
     with pytest.raises(ObjectNotFoundError):
         await topology.blobs.get_info(input_object("orphan"))
     assert await queued(topology) == {}
+
+
+async def test_a_server_chosen_delay_is_capped(topology: Topology, settings: Settings) -> None:
+    """A RetryableError asking for a year (Retry-After) waits TM_RETRY_MAX_DELAY_S at most."""
+    store = await queue_task(topology, "busy")
+    capped = settings.model_copy(update={"retry_max_delay_s": 1.0})
+
+    async def handle(job: Job) -> TaskMessage:
+        raise RetryableError("input URL returned HTTP 503 (asked to retry after 31536000 s)", 31_536_000)
+
+    before = datetime.now(UTC)
+    await run_until(topology, capped, handle, lambda r: r.counters.retried == 1)
+    status = await store.get("busy")
+    assert status is not None
+    queued_at = status.subtask(Stage.FETCH).queued_at
+    assert queued_at is not None and parse_time(queued_at) - before <= timedelta(seconds=1.5)

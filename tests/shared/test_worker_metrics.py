@@ -133,10 +133,15 @@ def test_listening_everywhere_advertises_the_hostname(metrics: WorkerMetrics) ->
     assert httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).status_code == 200
 
 
-def test_settings_default_to_an_ephemeral_port_on_every_interface(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_settings_default_to_an_ephemeral_port_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    # /metrics has no authentication: only a deployment that scrapes from elsewhere opens it up.
     monkeypatch.delenv("TM_METRICS_PORT", raising=False)
     monkeypatch.delenv("TM_METRICS_HOST", raising=False)
-    assert (Settings().metrics_port, Settings().metrics_host) == (0, "0.0.0.0")
+    assert (Settings().metrics_port, Settings().metrics_host) == (0, "127.0.0.1")
     monkeypatch.setenv("TM_METRICS_PORT", "9464")
-    monkeypatch.setenv("TM_METRICS_HOST", "127.0.0.1")
-    assert (Settings().metrics_port, Settings().metrics_host) == (9464, "127.0.0.1")
+    monkeypatch.setenv("TM_METRICS_HOST", "0.0.0.0")
+    assert (Settings().metrics_port, Settings().metrics_host) == (9464, "0.0.0.0")
+
+
+def test_serve_defaults_to_loopback(metrics: WorkerMetrics) -> None:
+    assert metrics.serve().startswith("http://127.0.0.1:")

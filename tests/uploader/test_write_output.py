@@ -22,7 +22,13 @@ PNG = "image/png"
 
 
 async def write(
-    url: str, data: bytes, *, endpoint: str | None = None, allow_private: bool = True, deadline_s: float | None = None
+    url: str,
+    data: bytes,
+    *,
+    endpoint: str | None = None,
+    allow_private: bool = True,
+    deadline_s: float | None = None,
+    file_root: Path | None = None,
 ) -> None:
     policy = AddressPolicy.build(allow_private, s3_endpoint=endpoint)
     async with guarded_client(policy, role="output", timeout=httpx.Timeout(5)) as http:
@@ -35,6 +41,7 @@ async def write(
             s3_session=aioboto3.Session(),
             s3_endpoint=endpoint,
             deadline_s=deadline_s,
+            file_root=file_root,
         )
 
 
@@ -103,16 +110,55 @@ async def test_a_put_that_outlasts_its_deadline_is_retried(http_server: StaticHT
 async def test_local_file_written_atomically(tmp_path: Path) -> None:
     target = tmp_path / "out dir" / "cat.png"
     url = f"file://{str(target).replace(' ', '%20')}"
-    with pytest.raises(InputError, match="file:// output URLs are not allowed"):
-        await write(url, b"x", allow_private=False)
-    await write(url, b"local")
-    await write(url, b"again")
+    # Off unless TM_FILE_ROOT is set, whatever the address policy says.
+    with pytest.raises(InputError, match=r"file:// output URLs are not allowed here \(TM_FILE_ROOT is not set\)"):
+        await write(url, b"x")
+    assert not target.parent.exists()
+    await write(url, b"local", allow_private=False, file_root=tmp_path)
+    await write(url, b"again", file_root=tmp_path)
     assert target.read_bytes() == b"again"
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
     assert [p.name for p in target.parent.iterdir()] == ["cat.png"]  # no temporary files left behind
     (tmp_path / "blocker").write_bytes(b"")
     with pytest.raises(InputError, match="cannot write output file"):
-        await write(f"file://{tmp_path}/blocker/cat.png", b"x")
+        await write(f"file://{tmp_path}/blocker/cat.png", b"x", file_root=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "escape",
+    [
+        "file:///etc/task-manager-test.conf",
+        "file://{root}/../made/x.png",
+        "file://{root}/%2e%2e/made/x.png",
+        "file://{root}/sub/%2E%2E/%2e%2e/made/x.png",
+        "file://{root}/door/made/x.png",
+    ],
+)
+async def test_local_files_cannot_be_written_outside_the_root(tmp_path: Path, escape: str) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "door").symlink_to(tmp_path, target_is_directory=True)
+    with pytest.raises(InputError, match=r"output file:// URL leaves TM_FILE_ROOT \(.*root\): /"):
+        await write(escape.format(root=root), b"x", file_root=root)
+    assert not (tmp_path / "made").exists()  # not even the directories
+    assert not Path("/etc/task-manager-test.conf").exists()
+
+
+async def test_a_link_in_the_output_place_is_replaced_not_written_through(tmp_path: Path) -> None:
+    root, victim = tmp_path / "root", tmp_path / "victim.conf"
+    root.mkdir()
+    victim.write_bytes(b"keep me")
+    (root / "out.png").symlink_to(victim)
+    await write(f"file://{root}/out.png", b"png", file_root=root)
+    assert victim.read_bytes() == b"keep me"
+    assert not (root / "out.png").is_symlink() and (root / "out.png").read_bytes() == b"png"
+
+
+async def test_links_inside_the_root_are_followed_for_directories(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "real", target_is_directory=True)
+    await write(f"file://{tmp_path}/alias/new/out.png", b"png", file_root=tmp_path)
+    assert (tmp_path / "real" / "new" / "out.png").read_bytes() == b"png"
 
 
 async def test_missing_bucket_is_input_error(s3_env: S3Server) -> None:

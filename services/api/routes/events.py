@@ -34,6 +34,7 @@ log = structlog.get_logger()
 # A task already ended when the stream opened: how long to wait for more of its replay before
 # deciding its terminal change event is missing (a task that ended before change events existed).
 ENDED_GRACE_S = 1.0
+MAX_SEQUENCE = 2**64 - 1  # JetStream's sequences are uint64
 # OpenAPI 3.1 (no `itemSchema` yet): the media type's schema describes one event.
 SSE_EVENT_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -49,7 +50,7 @@ EVENTS_RESPONSES: dict[int | str, dict[str, Any]] = {
         "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
         "description": "The task's change events (docs/events.md), past then live, until the terminal one",
     },
-    400: error("Last-Event-ID is not a stream sequence number"),
+    400: error("Last-Event-ID is not a stream sequence number (1 to 2^64-1)"),
     **TASK_ERRORS,
 }
 
@@ -60,9 +61,25 @@ def frame(event: TaskEvent, sequence: int | None) -> bytes:
     return f"{head}event: {event.kind.value}\ndata: {event.to_json().decode()}\n\n".encode()
 
 
+def resume_after(last_event_id: str | None) -> int:
+    """The stream sequence a Last-Event-ID names (0: none, start from the first event); 400 for
+    anything else. ASCII digits only: str.isdigit() and int() also take other scripts' digits."""
+    text = (last_event_id or "").strip()
+    if not text:
+        return 0
+    # A length check before int(): it refuses more than 4,300 digits with a ValueError (a 500 here).
+    if not (text.isascii() and text.isdigit() and len(text.lstrip("0")) <= len(str(MAX_SEQUENCE))):
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "Last-Event-ID: must be an event id (a stream sequence)")
+    sequence = int(text.lstrip("0") or "0")
+    if not 1 <= sequence <= MAX_SEQUENCE:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"Last-Event-ID: must be from 1 to {MAX_SEQUENCE}")
+    return sequence
+
+
 async def _open(js: JetStreamContext, task_id: str, after: int) -> Any:
     start = (
-        ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1)
+        # Nothing can follow the last possible sequence (the server refuses a start past it).
+        ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=min(after + 1, MAX_SEQUENCE))
         if after
         else ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
     )
@@ -126,14 +143,10 @@ async def task_events(
     ] = None,
 ) -> StreamingResponse:
     """Stream a task's state changes (Server-Sent Events) until it ends."""
+    after = resume_after(last_event_id)
     found = await ctx.store.get(task_id) if valid_id(task_id) else None
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"Task {task_id} not found")
-    after = 0
-    if last_event_id:
-        if not last_event_id.strip().isdigit():
-            raise HTTPException(status.HTTP_400_BAD_REQUEST, "Last-Event-ID: must be an event id (a stream sequence)")
-        after = int(last_event_id)
     sub = await _open(ctx.topology.js, task_id, after)
     body = _follow(sub, ctx.store, found, ctx.settings.events_keepalive_s)
     return StreamingResponse(

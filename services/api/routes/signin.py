@@ -1,7 +1,11 @@
 """Signing a browser in to the dashboard when API keys are on: a form that takes a key and sets the
 session cookie (services/api/auth.py), and the page shown instead of a bare 401 to a browser.
 
-Only the /dashboard routes accept the cookie; the task API keeps needing a key in a header.
+Only the /dashboard routes accept the cookie; the task API keeps needing a key in a header. Both forms
+refuse a browser's request sent from another origin's page (login CSRF: signing a victim's browser in
+with the attacker's key, or out): 403 when `Sec-Fetch-Site` says another site, or `Origin` is not this
+API's own scheme://host[:port] as it sees the request. A request without either (curl, scripts) is no
+browser's and passes.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from services.api.auth import CHALLENGE, SESSION_COOKIE, UNAUTHORIZED, ApiKeyGuard
+from services.api.auth import CHALLENGE, SESSION_COOKIE, UNAUTHORIZED, ApiKeyGuard, revoke
+from services.api.deps import ContextDep
 from services.api.schemas import error
 
 DASHBOARD = "/dashboard"
@@ -46,6 +51,9 @@ DASHBOARD_401: dict[int | str, dict[str, Any]] = {
         "content": {"text/html": {"schema": {"type": "string"}}},
     }
 }
+CROSS_ORIGIN = error("Sent from another origin's page (Origin or Sec-Fetch-Site)")
+SAME_ORIGIN_FETCHES = ("same-origin", "none")  # "none": typed in or bookmarked, no page sent it
+DEFAULT_PORTS = {"http": ":80", "https": ":443"}
 FORM_AGAIN: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "Not a valid key: the form again, saying so",
@@ -60,6 +68,24 @@ def sign_in_page(error: str | None = None) -> HTMLResponse:
     if error is None:
         return HTMLResponse(SIGN_IN_PAGE.replace("<!--error-->", ""), status_code=401, headers=CHALLENGE)
     return HTMLResponse(SIGN_IN_PAGE.replace("<!--error-->", f"<p class='error'>{escape(error)}</p>"))
+
+
+def cross_origin(request: Request) -> JSONResponse | None:
+    """The 403 for a browser's request from another origin's page; None for anything else."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site.lower() not in SAME_ORIGIN_FETCHES:
+        return JSONResponse({"detail": f"Sec-Fetch-Site: {site} requests are refused here"}, status_code=403)
+    origin = request.headers.get("origin")
+    if origin is not None and _origin(origin) != _origin(f"{request.url.scheme}://{request.url.netloc}"):  # Host
+        return JSONResponse({"detail": "Origin: requests from another origin are refused here"}, status_code=403)
+    return None
+
+
+def _origin(text: str) -> str:
+    """scheme://host[:port] as compared: lower case, without the scheme's default port."""
+    origin = text.strip().lower()
+    scheme = origin.partition("://")[0]
+    return origin.removesuffix(DEFAULT_PORTS[scheme]) if scheme in DEFAULT_PORTS else origin
 
 
 async def show_sign_in(request: Request, exc: Exception) -> Response:
@@ -79,17 +105,20 @@ def signin_router(guard: ApiKeyGuard) -> APIRouter:
             303: {"description": "Signed in: the session cookie is set, on to the dashboard"},
             **FORM_AGAIN,
             400: error("No key field, or more than one"),
+            403: CROSS_ORIGIN,
             415: error(f"The body is not {FORM}"),
         },
     )
     async def sign_in(request: Request) -> Response:
         """Sign a browser in to the dashboard with an API key (form field `key`)."""
+        if (refused := cross_origin(request)) is not None:
+            return refused
         if request.headers.get("content-type", "").split(";")[0].strip().lower() != FORM:
             return JSONResponse({"detail": f"body: send the sign-in form as {FORM}"}, status_code=415)
         fields = parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
         if len(fields.get("key", [])) != 1:
             return JSONResponse({"detail": "key: the form needs exactly one key field"}, status_code=400)
-        index = guard.match(fields["key"][0])
+        index = guard.authenticate(request, fields["key"][0])
         if index is None:
             return sign_in_page("That is not a valid API key.")
         response = RedirectResponse(DASHBOARD, status_code=303)
@@ -104,9 +133,18 @@ def signin_router(guard: ApiKeyGuard) -> APIRouter:
         )
         return response
 
-    @router.post("/signout", response_class=Response, status_code=303, responses={303: {"description": "Signed out"}})
-    async def sign_out() -> Response:
-        """End this browser's dashboard session."""
+    @router.post(
+        "/signout",
+        response_class=Response,
+        status_code=303,
+        responses={303: {"description": "Signed out"}, 403: CROSS_ORIGIN, 503: error("NATS unreachable")},
+    )
+    async def sign_out(request: Request, ctx: ContextDep) -> Response:
+        """End this browser's dashboard session (on every API replica)."""
+        if (refused := cross_origin(request)) is not None:
+            return refused
+        if (session := guard.session(request.cookies.get(SESSION_COOKIE))) is not None:
+            await revoke(ctx.topology.sessions, session)
         response = RedirectResponse(DASHBOARD, status_code=303)
         response.delete_cookie(SESSION_COOKIE, path=DASHBOARD, httponly=True, samesite="strict")
         return response

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
@@ -27,6 +28,7 @@ from shared.state import TaskStatus
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
 log = structlog.get_logger()
 FAILOVER_WAIT_S = 10.0
+CANONICAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 # What each route can answer besides its success; 401 and 429 are added where the routers are
 # included (services/api/app.py), with the guard and the rate limiter.
@@ -100,7 +102,7 @@ async def submit_task(
     """Submit a new task for processing."""
     try:
         policy = AddressPolicy.from_settings(ctx.settings, s3_endpoint=s3_endpoint())
-        input_url, output_url, options = validate_submission(body, s3_endpoint(), policy)
+        input_url, output_url, options = validate_submission(body, s3_endpoint(), policy, ctx.settings.file_root)
         callback_url = validate_callback(body, policy)
     except SubmissionError as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
@@ -182,8 +184,7 @@ async def get_task(task_id: str, ctx: ContextDep) -> TaskStatus:
 
 
 def valid_id(task_id: str) -> bool:
-    try:
-        uuid.UUID(task_id)
-    except ValueError:
-        return False
-    return True
+    """Whether `task_id` is spelled as the API creates ids (str(uuid4()): lower-case 8-4-4-4-12 hex).
+    uuid.UUID() also takes braces, urn:uuid:, upper case and bare hex, which are no key in the store:
+    they are unknown tasks (404) without asking NATS."""
+    return CANONICAL_ID.fullmatch(task_id) is not None
