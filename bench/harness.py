@@ -74,20 +74,26 @@ class Harness:
     whatif: tuple[str, ...] = ()  # patches from bench/whatif/sitecustomize.py
     site: str | None = None  # a directory with extra packages for the services (uvloop, httptools)
     stage_procs: dict[str, int] = field(default_factory=dict)  # processes of one stage, overriding procs_per_stage
+    # Services beside the stages, one process each, ready by heartbeat like a stage: ("notifier",) for the
+    # full set `task-manager up` runs.
+    extra_services: tuple[str, ...] = ()
     nats: NatsServer | None = None
     monitor_url: str = ""
     api_url: str = ""
     sink_url: str = ""
     children: list[Child] = field(default_factory=list)
 
-    async def start(self, input_bytes: bytes) -> None:
-        """Start NATS (with its monitoring port), the sink, the API and the stages; wait until ready."""
+    async def start(self, input_bytes: bytes | None) -> None:
+        """Start NATS (with its monitoring port), the sink, the API and the stages; wait until ready.
+
+        `input_bytes` None: no sink (the caller serves the inputs itself, as bench/samework.py does)."""
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         monitor_port = free_port()
         self.nats = start_nats(self.workdir / "jetstream", extra_args=["-m", str(monitor_port)])
         self.monitor_url = f"http://127.0.0.1:{monitor_port}"
         self.children.append(Child("nats-server", "nats-server", self.nats.process.pid, None))
-        self._start_sink(input_bytes)
+        if input_bytes is not None:
+            self._start_sink(input_bytes)
 
         api_port = free_port()
         self.api_url = f"http://127.0.0.1:{api_port}"
@@ -122,6 +128,8 @@ class Harness:
         for service in STAGE_SERVICES:
             for index in range(1, self.stage_procs.get(service, self.procs_per_stage) + 1):
                 self._spawn(f"{service}-{index}", service, env)
+        for service in self.extra_services:
+            self._spawn(service, service, env)
         await asyncio.gather(self._wait_stages(), self._wait_api())
 
     def _start_sink(self, input_bytes: bytes) -> None:
@@ -155,7 +163,7 @@ class Harness:
         self.children.append(Child(name, service, popen.pid, popen))
 
     def stage_pids(self) -> set[int]:
-        return {c.pid for c in self.children if c.role in STAGE_SERVICES}
+        return {c.pid for c in self.children if c.role in STAGE_SERVICES or c.role in self.extra_services}
 
     async def _wait_stages(self) -> None:
         """A stage process is ready once its heartbeat (with its pid) is in the workers bucket."""
@@ -218,11 +226,7 @@ class Harness:
         return totals
 
     def logs(self, tail: int = 20) -> str:
-        parts = []
-        for path in sorted((self.workdir / "logs").glob("*.log")):
-            lines = path.read_text(errors="replace").splitlines()[-tail:]
-            parts.append(f"--- {path.name}\n" + "\n".join(lines))
-        return "\n".join(parts)
+        return log_tails(self.workdir / "logs", tail)
 
     def stop(self) -> None:
         """SIGTERM every child (services first, NATS last), wait a bounded time, then SIGKILL."""
@@ -288,3 +292,12 @@ def find_py_spy() -> str:
         return find_binary("py-spy")
     except RuntimeError as exc:
         raise RuntimeError("--profile needs py-spy: pip install py-spy (or set PY_SPY to its path)") from exc
+
+
+def log_tails(log_dir: Path, tail: int = 20) -> str:
+    """The last `tail` lines of every log in `log_dir`, each under its file name."""
+    parts = []
+    for path in sorted(log_dir.glob("*.log")):
+        lines = path.read_text(errors="replace").splitlines()[-tail:]
+        parts.append(f"--- {path.name}\n" + "\n".join(lines))
+    return "\n".join(parts)

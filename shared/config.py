@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # Default tile size in input pixels; unset: chosen from free device memory and the model; 0: no tiling.
     tile: int | None = Field(default=None, ge=0)
+    # Threads for the upscaler's host image work (PNG output bands); unset: the cores this process may use.
+    cpu_threads: int | None = Field(default=None, ge=1, le=1024)
 
     fetch_allow_private_networks: bool = False
     # Hosts (exact names) and networks (CIDRs) the fetcher may reach even when they are private,
@@ -53,6 +55,8 @@ class Settings(BaseSettings):
     fetch_timeout_s: float = Field(default=30.0, gt=0)
     fetch_connect_timeout_s: float = Field(default=10.0, gt=0)
     fetch_max_redirects: int = Field(default=5, ge=0, le=20)
+    # Images up to this size travel in the work messages; larger ones go through the object store.
+    inline_image_max_bytes: int = Field(default=512 * 1024, ge=0)
     input_formats: str = "png,jpeg,webp,gif,bmp,tiff"  # accepted by magic bytes, not by name
     max_input_pixels: int = Field(default=40_000_000, gt=0)  # refused before decoding (bombs)
     max_output_pixels: int = Field(default=256_000_000, gt=0)  # after scaling

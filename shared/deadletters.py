@@ -144,9 +144,10 @@ async def replay_dead(js: JetStreamContext, store: TaskStore, seq: int) -> str:
         status = await store.update(dead.task_id, lambda s: s.reopen())
     except TaskGoneError as exc:
         raise LookupError(f"task {dead.task_id} was deleted; nothing to replay") from exc
+    first = dead.message.model_copy(update={"input_image": None, "output_image": None, "stored_objects": []})
     await js.publish(
         work_subject(dead.message.priority, PIPELINE[0], dead.task_id),
-        dead.message.pack(),
+        first.pack(),
         headers={"Nats-Msg-Id": f"{dead.task_id}.{PIPELINE[0].value}.run{status.run}"},
     )
     await discard_dead(js, seq)

@@ -34,6 +34,18 @@ def task_changes_filter(task_id: str) -> str:
     return f"task.changes.{task_id}.*"
 
 
+# The events stream republishes every stored change event under tm.live.<subject>, with its stream
+# sequence in the Nats-Sequence header: a reader following one task (the SSE endpoint) subscribes to
+# that with plain core NATS and reads what was stored before by direct gets, instead of creating (and
+# deleting) a JetStream consumer per reader.
+LIVE_CHANGES_SUBJECTS = "tm.live.task.changes.>"
+
+
+def live_changes_filter(task_id: str) -> str:
+    """The republished copies of one task's stored change events."""
+    return f"tm.live.task.changes.{task_id}.*"
+
+
 class EventKind(StrEnum):
     STATE = "state"  # the task's overall state changed: submitted (PENDING), RECEIVED, STARTED, terminal
     STAGE = "stage"  # a stage started (again) or finished; the overall state stayed

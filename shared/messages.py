@@ -1,7 +1,9 @@
 """Typed messages that travel between stages, and the names of the subjects and streams they use.
 
-Messages are msgpack on JetStream. Image bytes never travel in them: stages pass object-store keys.
-Every model ignores unknown fields, so an older service can read a newer message.
+Messages are msgpack on JetStream. An image small enough (TM_INLINE_IMAGE_MAX_BYTES) travels in the
+message itself (`input_image`, `output_image`); a larger one is stored in the object store under its
+task's key and named in `stored_objects` (shared/blobs.py decides). Every model ignores unknown
+fields, so an older service can read a newer message.
 """
 
 from __future__ import annotations
@@ -133,11 +135,14 @@ class UpscaleOptions(BaseModel):
     model: str | None = None  # official model name; None: routed from the category
     outscale: float | None = None  # final scale; None: the model's native scale
     tile: WholeNumber | None = None  # tile size in input pixels; 0: no tiling; None: automatic
-    tile_pad: WholeNumber = 10
+    tile_pad: WholeNumber | None = None  # context read around each tile; None: from the model (options.tile_overlap)
     pre_pad: WholeNumber = 0
     denoise_strength: float | None = None  # realesr-general-x4v3 only
     output_format: str | None = None  # png | jpeg | webp; None: from the output URL's extension
     alpha_mode: str = "premultiplied"  # premultiplied | network | resize: how alpha goes through the upscaler
+
+
+_IMAGES = {"input_image", "output_image"}
 
 
 class TaskMessage(BaseModel):
@@ -158,9 +163,21 @@ class TaskMessage(BaseModel):
     output_height: int | None = None
     model_used: str | None = None
     worker_type: str | None = None  # "gpu" | "cpu", set by the upscaler
+    input_image: bytes | None = None  # the fetched bytes, when small enough to travel here (to the upscaler)
+    output_image: bytes | None = None  # the upscaled bytes, likewise (to the uploader)
+    stored_objects: list[str] = Field(default_factory=list)  # object-store names holding this task's images
 
     def pack(self) -> bytes:
-        return msgpack.packb(self.model_dump(mode="json", exclude_none=True))
+        # Bytes as msgpack binaries, not JSON strings: the images cost their size and no encoding.
+        fields = self.model_dump(mode="json", exclude_none=True, exclude=_IMAGES)
+        fields.update({name: value for name in _IMAGES if (value := getattr(self, name)) is not None})
+        return msgpack.packb(fields)
+
+    def summary(self) -> dict[str, Any]:
+        """The message as JSON-ready fields, each carried image as its size (for people and logs)."""
+        fields = self.model_dump(mode="json", exclude_none=True, exclude=_IMAGES)
+        fields.update({f"{name}_bytes": len(value) for name in _IMAGES if (value := getattr(self, name)) is not None})
+        return fields
 
     @classmethod
     def unpack(cls, data: bytes) -> TaskMessage:

@@ -31,7 +31,7 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from shared.config import Settings
-from shared.events import CHANGES_SUBJECTS
+from shared.events import CHANGES_SUBJECTS, LIVE_CHANGES_SUBJECTS
 from shared.messages import (
     BLOBS_BUCKET,
     DEAD_STREAM,
@@ -226,6 +226,8 @@ async def declare(nc: NATS, settings: Settings) -> Topology:
     events = ("Task state events, replayable by late subscribers", settings.events_max_age_s)
     events_config = log_stream_config(EVENTS_STREAM, EVENTS_SUBJECTS, *events, settings)
     events_config.subjects = [EVENTS_SUBJECTS, CHANGES_SUBJECTS]  # terminal events and every change (docs/events.md)
+    events_config.allow_direct = True  # the SSE endpoint reads a task's stored changes by direct gets
+    events_config.republish = RePublish(src=CHANGES_SUBJECTS, dest=LIVE_CHANGES_SUBJECTS)  # ... and follows these
     await _ensure_stream(js, events_config)
     dead = (
         "Dead letters: messages that failed for good, with their headers and error",

@@ -3,14 +3,17 @@
 Each take is a single no-wait pull request, highest priority first, so a worker never holds a
 message it is not about to work on. To avoid asking empty streams, the puller listens (core NATS,
 no consumer) to the stage's work subjects: every JetStream publish rings that "doorbell", which
-marks its priority as worth asking. Messages that come back without a publish (a nak with delay,
-an expired ack deadline) are found by a full rescan every `rescan_s`.
+marks its priority as worth asking. A message this process gave back with a delay (`note_retry`)
+marks its priority again when the delay is over. What comes back otherwise (another process's
+delayed nak, an expired ack deadline) is found by a full rescan every `rescan_s`, made by one of the
+process's slots, not by each of them: an idle stage process asks 11 empty streams once a rescan.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -19,10 +22,11 @@ from nats.aio.subscription import Subscription
 from shared.messages import PRIORITIES, Stage, consumer_name, queued_filter, work_stream
 
 _NO_WAIT = json.dumps({"batch": 1, "no_wait": True}).encode()
+RETRY_LOOK_MARGINS_S = (0.05, 0.5, 2.0)
 
 
 class PriorityPuller:
-    def __init__(self, nc: NATS, stage: Stage, rescan_s: float = 1.0, request_timeout_s: float = 5.0) -> None:
+    def __init__(self, nc: NATS, stage: Stage, rescan_s: float = 5.0, request_timeout_s: float = 5.0) -> None:
         self._nc = nc
         self._stage = stage
         self._rescan_s = rescan_s
@@ -35,6 +39,7 @@ class PriorityPuller:
         self._maybe_waiting: set[int] = set(PRIORITIES)
         self._wake = asyncio.Event()
         self._closed = False
+        self._last_rescan = time.monotonic()
 
     async def start(self) -> None:
         self._doorbell = await self._nc.subscribe(queued_filter(self._stage), cb=self._on_ring)
@@ -47,16 +52,26 @@ class PriorityPuller:
                 await subscription.unsubscribe()
         self._doorbell = self._inbox = None
 
+    def note_retry(self, priority: int, delay_s: float) -> None:
+        """A message of `priority` was given back to come again after `delay_s`: look for it then (and
+        once more a little later: the server's redelivery timer may fire after ours)."""
+        loop = asyncio.get_running_loop()
+        for margin_s in RETRY_LOOK_MARGINS_S:
+            loop.call_later(delay_s + margin_s, self._mark, priority)
+
+    def _mark(self, priority: int) -> None:
+        self._rings += 1
+        self._ring_of[priority] = self._rings
+        self._maybe_waiting.add(priority)
+        self._wake.set()
+
     async def _on_ring(self, msg: Msg) -> None:
         # Subject: tm.queued.p<priority>.<stage>.<task_id>
         try:
             priority = int(msg.subject.split(".")[2][1:])
         except (IndexError, ValueError):
             return
-        self._rings += 1
-        self._ring_of[priority] = self._rings
-        self._maybe_waiting.add(priority)
-        self._wake.set()
+        self._mark(priority)
 
     async def _take_from(self, priority: int) -> Msg | None:
         # A delivered message carries its own subject, not the reply inbox, so the client's
@@ -101,5 +116,7 @@ class PriorityPuller:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self._rescan_s)
             except TimeoutError:
-                self._maybe_waiting.update(PRIORITIES)
+                if time.monotonic() - self._last_rescan >= self._rescan_s:  # one slot rescans for all
+                    self._last_rescan = time.monotonic()
+                    self._maybe_waiting.update(PRIORITIES)
         return None

@@ -62,6 +62,8 @@ async def serve_stage(
         async with presence(topology.workers, service, worker_id, settings.heartbeat_s, details):
             await runner.run()
     finally:
+        if (aclose := getattr(handler, "aclose", None)) is not None:  # e.g. the stage's S3 client
+            await aclose()
         await nc.drain()
         log.info("service_stopped", uptime_s=round(time.monotonic() - began, 1), **vars(runner.counters))
 

@@ -294,6 +294,7 @@ class StageRunner:
         except (TaskGoneError, TaskFinishedError) as exc:
             return await self._drop(msg, task, exc)
         await msg.nak(delay=delay)
+        self._puller.note_retry(task.priority, delay)
         self.counters.retried += 1
         log.info("task_retry", error=error, attempt=attempt, delay_s=round(delay, 3))
         return "retry"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pydantic.config import JsonDict
 
 from services.upscaler import catalog
-from services.upscaler.options import ALPHA_MODES, MAX_OUTSCALE, PAD_RANGE, TILE_RANGE
+from services.upscaler.options import ALPHA_MODES, MAX_OUTSCALE, PAD_RANGE, PRACTICAL_TILE_PAD, TILE_RANGE
 from shared.images import OUTPUT_FORMATS
 
 # A host name whose last label starts with a letter (all-digit names read as IPv4 numbers), an IPv4
@@ -78,7 +78,12 @@ KWARGS: JsonDict = {
         "tile": _nullable(
             {"anyOf": [{"const": 0}, {"type": "integer", "minimum": TILE_RANGE.start, "maximum": TILE_RANGE.stop - 1}]}
         ),
-        "tile_pad": {"type": "integer", "minimum": PAD_RANGE.start, "maximum": PAD_RANGE.stop - 1},
+        "tile_pad": {
+            **_nullable({"type": "integer", "minimum": PAD_RANGE.start, "maximum": PAD_RANGE.stop - 1}),
+            "description": "tile_pad: input pixels of context read around each tile; unset or null: the model's "
+            "receptive field for the compact models (tiled output equals untiled within 1/255), "
+            f"{PRACTICAL_TILE_PAD} for the RRDBNet models",
+        },
         "pre_pad": {"type": "integer", "minimum": PAD_RANGE.start, "maximum": PAD_RANGE.stop - 1},
         "denoise_strength": _nullable({"type": "number", "minimum": 0, "maximum": 1}),
         "output_format": _nullable({"enum": list(OUTPUT_FORMATS)}),

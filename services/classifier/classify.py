@@ -1,8 +1,9 @@
 """Decide what an image shows, so the upscaler can pick the model that suits it.
 
-The image is read once, as a copy of at most 512 px on its long side, turned upright by its EXIF
-orientation and flattened to 8-bit RGB (transparent areas over neutral grey, and left out of every share
-below). The first rule that holds wins:
+The image is read once, as a copy of at most 512 px on its long side (a large JPEG is decoded straight to
+about that size, at libjpeg's 1/2, 1/4 or 1/8 scale: worker.py), turned upright by its EXIF orientation
+and flattened to 8-bit RGB (transparent areas over neutral grey, and left out of every share below). The
+first rule that holds wins:
 
 1. text: dark ink on light paper. After dividing out uneven lighting (a 9x9 grey closing, blurred, is the
    local paper brightness): the paper is light (>= 70% of the image on a background >= mid-grey), most of
@@ -23,9 +24,20 @@ below). The first rule that holds wins:
    It comes after rules 1 and 2, which never hold for camera photos, because the cascade also fires on
    drawn faces (a smiley, a cartoon character): those belong with the flat art.
 4. photo: everything else, and any image too small (< 16 px a side) or too transparent to judge.
+
+Cost (CPU of one core; bench/classify_cost.py prints it by image size and format): each measurement is
+taken when a rule first reads it, and the rules read the cheap ones first, so a photo fails rules 1 and 2
+in 1-3 ms (on its colour, then its flatness) and text and flat art are decided in a few ms, whatever the
+image's size (beyond the resize to the analysis copy, ~5 ms for a 1920x1080 PNG; a JPEG is decoded small).
+Nearly all the rest of a photo's cost is the face scan of rule 3, about 30 ms, the same for any image size
+since the scan's copy is. It is kept at 256 px because the cascade's cost follows the smallest face it
+must see: at 128 px it costs a quarter, but misses nearly every face under a fifth of the shorter side
+(group photos, half-figure shots), which would then read as photos.
 """
 
 from __future__ import annotations
+
+import math
 
 from PIL import Image
 
@@ -33,7 +45,7 @@ from services.classifier import features
 from shared.messages import Category, Classification
 
 ANALYSIS_MAX_SIDE_PX = 512
-FACE_SHORT_SIDE_PX = 256  # the cascade costs ~30 ms at this size; 320 would see smaller faces for ~45 ms
+FACE_SHORT_SIDE_PX = 256  # the cascade costs ~30 ms at this size (128: ~7 ms, see above); 320: ~45 ms
 FACE_MAX_LONG_SIDE_PX = 768  # panoramas: keep the scan cheap
 MIN_SIDE_PX = 16
 MIN_FACE_SCAN_SIDE_PX = 48  # twice the cascade's window: enlarged, a smaller image shows it no face
@@ -54,41 +66,60 @@ MAX_SOFT_PER_STRONG = 1.5
 MIN_TOP16 = 0.80
 
 
-def classify(image: Image.Image) -> Classification:
-    """Classify `image` by content; width and height are those of the upright (EXIF-rotated) image."""
-    width, height, orientation = features.oriented_size(image)
+def classify(image: Image.Image, stored_size: tuple[int, int] | None = None) -> Classification:
+    """Classify `image` by content; width and height are those of the upright (EXIF-rotated) image.
+
+    `stored_size`: the size of the pixels in the file, when `image` was decoded smaller than that
+    (a JPEG decoded at `draft_size`); the size reported, and the size rules, go by it.
+    """
+    stored = stored_size or image.size
+    width, height, orientation = features.oriented_size(image, stored)
     return Classification(
-        category=_category(image, orientation),
+        category=_category(image, stored, orientation),
         width=width,
         height=height,
         aspect_ratio=round(width / height, 2),
     )
 
 
-def _category(image: Image.Image, orientation: int) -> Category:
-    if min(image.size) < MIN_SIDE_PX:
+def draft_size(stored_size: tuple[int, int]) -> tuple[int, int]:
+    """The least size an image may be decoded at (JPEG draft mode) and still be judged as at full size.
+
+    The analysis copy's size, never under the face scan's minimum side: so every size rule still holds
+    as it does for the full image, and the only change is in the resampling.
+    """
+    scale = min(1.0, ANALYSIS_MAX_SIDE_PX / max(stored_size))
+    return (
+        max(MIN_FACE_SCAN_SIDE_PX, math.ceil(stored_size[0] * scale)),
+        max(MIN_FACE_SCAN_SIDE_PX, math.ceil(stored_size[1] * scale)),
+    )
+
+
+def _category(image: Image.Image, stored_size: tuple[int, int], orientation: int) -> Category:
+    if min(stored_size) < MIN_SIDE_PX:
         return Category.PHOTO
     sample = features.sample(image, orientation, ANALYSIS_MAX_SIDE_PX)
     if sample.opaque.mean() < MIN_OPAQUE_SHARE:
         return Category.PHOTO
     # Faces last: the cascade also fires on drawn faces, and the text and flat-art rules never hold for photos.
-    if _is_text(features.paper_ink(sample)):
+    if _is_text(features.PaperInk(sample)):
         return Category.TEXT
-    if _is_flat_art(features.flatness(sample)):
+    if _is_flat_art(features.Flatness(sample)):
         return Category.ANIME
-    scan = min(image.size) >= MIN_FACE_SCAN_SIDE_PX  # a 16 px image scanned at 256 px costs ~20 ms for nothing
+    scan = min(stored_size) >= MIN_FACE_SCAN_SIDE_PX  # a 16 px image scanned at 256 px costs ~20 ms for nothing
     if scan and features.largest_face(sample, FACE_SHORT_SIDE_PX, FACE_MAX_LONG_SIDE_PX) >= MIN_FACE_SHARE:
         return Category.PORTRAIT
     return Category.PHOTO
 
 
 def _is_text(p: features.PaperInk) -> bool:
+    # Cheapest test first (colour needs no lighting model); `and` stops at the first that fails.
     return (
-        p.bright >= MIN_BRIGHT_PAPER
+        p.colourful <= MAX_COLOURFUL_TEXT
+        and p.bright >= MIN_BRIGHT_PAPER
         and p.paper >= MIN_PAPER
         and MIN_INK <= p.ink <= MAX_INK
         and p.ink >= MIN_CRISP_INK * (p.ink + p.mid)
-        and p.colourful <= MAX_COLOURFUL_TEXT
         and p.marks_per_10k_px >= MIN_MARKS_PER_10K_PX
     )
 

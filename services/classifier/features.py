@@ -1,20 +1,31 @@
 """Measurements the classifier's rules read, taken on a small 8-bit RGB copy of the image.
 
-Each function answers one question about the picture (is there a face, how much of it is paper and ink,
-how flat are its colours) with a few plain numbers; `classify.py` holds the thresholds that turn them into
-a category.
+Each class answers one question about the picture (how much of it is paper and ink, how flat are its
+colours) with a few plain numbers, and `largest_face` says whether there is a face; `classify.py` holds the
+thresholds that turn them into a category. A number is computed when a rule first reads it, and kept: the
+rules read the cheap numbers first, so an image that fails a rule early (most photos fail both the text
+and the flat-art rule on their first or second test) never pays for the costly ones.
+
+Everything here works on whole arrays; the filters the rules are defined by (a 3x3 median, a 9x9 grey
+closing, a 5x5 dilation) are computed exactly as Pillow and SciPy compute them, only faster: filters.py.
+(functools.cached_property on Python 3.11 holds one lock per property, across instances, while it
+computes: threads classifying other images wait at most the millisecond or two one of these takes; the
+face scan, the long step, is no property.)
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image
 from scipy import ndimage as ndi
 from skimage.data import lbp_frontal_face_cascade_filename
 from skimage.feature import Cascade
+
+from services.classifier import filters
 
 NEUTRAL_GREY = 128  # what transparent pixels are composited over
 FACE_WINDOW_PX = 24  # the cascade's training window: the smallest face it can see
@@ -38,40 +49,168 @@ class Sample:
     rgb: np.ndarray  # (h, w, 3) uint8
     opaque: np.ndarray  # (h, w) bool
 
-    @property
+    @cached_property
+    def all_opaque(self) -> bool:
+        return bool(self.opaque.all())
+
+    @cached_property
+    def opaque_px(self) -> int:
+        return max(int(np.count_nonzero(self.opaque)), 1)
+
+    @cached_property
     def gray(self) -> np.ndarray:
+        """(h, w) float32 luma; the text rule and the face scan both read it, so it is made once."""
         return self.rgb.astype(np.float32) @ _LUMA
 
+    @cached_property
+    def planes(self) -> np.ndarray:
+        """(3, h, w) uint8: one contiguous plane per channel, so per-channel work runs on whole planes."""
+        return np.ascontiguousarray(self.rgb.transpose(2, 0, 1))
 
-@dataclass(frozen=True)
+    def share(self, mask: np.ndarray) -> float:
+        """Share of the opaque pixels where `mask` (h, w) holds."""
+        hits = mask if self.all_opaque else mask & self.opaque
+        return int(np.count_nonzero(hits)) / self.opaque_px
+
+
 class PaperInk:
-    """How much of the image is light paper, dark ink and neither, after dividing out uneven lighting."""
+    """How much of the image is light paper, dark ink and neither, after dividing out uneven lighting.
 
-    bright: float  # share of the image whose local background is light (>= mid-grey)
-    paper: float  # share within 15% of the local background
-    ink: float  # share at most 60% as bright as the local background
-    mid: float  # the rest: soft shading, texture, blur
-    colourful: float  # share of clearly coloured pixels (max - min channel > 48)
-    marks_per_10k_px: float  # separate small ink marks (glyph-sized blobs) per 10,000 pixels
+    Shares are of the opaque pixels; each is computed on first use.
+    """
+
+    def __init__(self, s: Sample) -> None:
+        self._s = s
+
+    @cached_property
+    def colourful(self) -> float:
+        """Share of clearly coloured pixels (max - min channel > 48); needs no lighting model, so it is cheap."""
+        r, g, b = self._s.planes
+        return self._s.share(np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b) > 48)
+
+    @cached_property
+    def _background(self) -> np.ndarray:
+        # A 9x9 grey closing erases dark strokes thinner than 9 px, leaving the paper under them; the box blur
+        # smooths it. Dividing by it removes shadows and vignetting, as on a phone photo of a page.
+        return ndi.uniform_filter(filters.closing(self._s.gray, 9), 9)
+
+    @cached_property
+    def _norm(self) -> np.ndarray:
+        return self._s.gray / np.maximum(self._background, 1.0)
+
+    @cached_property
+    def _ink_mask(self) -> np.ndarray:
+        ink = self._norm <= 0.60
+        return ink if self._s.all_opaque else ink & self._s.opaque
+
+    @cached_property
+    def bright(self) -> float:
+        """Share of the image whose local background is light (>= mid-grey)."""
+        return self._s.share(self._background >= 128)
+
+    @cached_property
+    def paper(self) -> float:
+        """Share within 15% of the local background."""
+        return self._s.share(self._norm >= 0.85)
+
+    @cached_property
+    def ink(self) -> float:
+        """Share at most 60% as bright as the local background."""
+        return int(np.count_nonzero(self._ink_mask)) / self._s.opaque_px
+
+    @property
+    def mid(self) -> float:
+        """The rest: soft shading, texture, blur."""
+        return max(0.0, 1.0 - self.paper - self.ink)
+
+    @cached_property
+    def marks_per_10k_px(self) -> float:
+        """Separate small ink marks (glyph-sized blobs) per 10,000 pixels."""
+        labels, count = ndi.label(self._ink_mask)
+        sizes = np.bincount(labels.ravel())[1:] if count else np.zeros(0, dtype=np.int64)
+        # A mark is "small" when it is at most 0.2% of the image: a letter or a word, not a silhouette.
+        n = self._s.opaque_px
+        return int(((sizes >= 2) & (sizes <= 0.002 * n)).sum()) / (n / 1e4)
 
 
-@dataclass(frozen=True)
 class Flatness:
-    """How much of the image is flat colour, and how its edges look, after a 3x3 median removes noise."""
+    """How much of the image is flat colour, and how its edges look, after a 3x3 median removes noise.
 
-    flat: float  # share of pixels whose neighbours differ by <= 2 levels in every channel
-    soft: float  # share of gentle changes (7..40 levels) over 2 px from a hard edge: shading, texture
-    strong: float  # share of hard edges (> 40 levels)
-    top16: float  # share of pixels covered by the 16 most common colours (16 levels per channel)
+    Shares are of the pixels whose right and lower neighbours are opaque too (the cut-out border of a
+    transparent image is not an edge); each is computed on first use.
+    """
+
+    def __init__(self, s: Sample) -> None:
+        self._s = s
+
+    @cached_property
+    def _smooth(self) -> np.ndarray:
+        return filters.median3(self._s.planes)  # kills JPEG and sensor noise
+
+    @cached_property
+    def _grad(self) -> np.ndarray:
+        """(h-1, w-1) uint8: the largest change to the right or lower neighbour, in any channel."""
+        here = self._smooth[:, :-1, :-1]
+        right, below = self._smooth[:, :-1, 1:], self._smooth[:, 1:, :-1]
+        dx = (np.maximum(here, right) - np.minimum(here, right)).max(axis=0)  # |a - b| without leaving uint8
+        dy = (np.maximum(here, below) - np.minimum(here, below)).max(axis=0)
+        return np.maximum(dx, dy)
+
+    @cached_property
+    def _inside(self) -> np.ndarray | None:
+        if self._s.all_opaque:
+            return None
+        o = self._s.opaque
+        return o[:-1, :-1] & o[1:, :-1] & o[:-1, 1:]
+
+    def _share(self, mask: np.ndarray) -> float:
+        inside = self._inside
+        if inside is None:
+            return int(np.count_nonzero(mask)) / max(mask.size, 1)
+        return int(np.count_nonzero(mask & inside)) / max(int(np.count_nonzero(inside)), 1)
+
+    @cached_property
+    def _strong(self) -> np.ndarray:
+        strong = self._grad > 40
+        return strong if self._inside is None else strong & self._inside
+
+    @cached_property
+    def flat(self) -> float:
+        """Share of pixels whose neighbours differ by <= 2 levels in every channel."""
+        return self._share(self._grad <= 2)
+
+    @cached_property
+    def strong(self) -> float:
+        """Share of hard edges (> 40 levels)."""
+        return self._share(self._strong)
+
+    @cached_property
+    def soft(self) -> float:
+        """Share of gentle changes (7..40 levels) over 2 px from a hard edge: shading, texture."""
+        # Gentle changes within 2 px of a hard edge are the edge itself, softened by anti-aliasing, JPEG
+        # ringing or chroma subsampling; only those farther away are shading or texture.
+        near_edge = filters.dilation(self._strong, 5)
+        return self._share((self._grad > 6) & (self._grad <= 40) & ~near_edge)
+
+    @cached_property
+    def top16(self) -> float:
+        """Share of pixels covered by the 16 most common colours (16 levels per channel)."""
+        r, g, b = (p >> 4 for p in self._smooth)
+        codes = (r.astype(np.uint16) << 8) | (g.astype(np.uint16) << 4) | b
+        counts = np.bincount((codes if self._s.all_opaque else codes[self._s.opaque]).ravel(), minlength=4096)
+        return float(np.sort(counts)[-16:].sum()) / max(int(counts.sum()), 1)
 
 
-def oriented_size(image: Image.Image) -> tuple[int, int, int]:
-    """(width, height, EXIF orientation) of the image as it should be displayed."""
+def oriented_size(image: Image.Image, stored_size: tuple[int, int] | None = None) -> tuple[int, int, int]:
+    """(width, height, EXIF orientation) of the image as it should be displayed.
+
+    `stored_size`: the size of the file's pixels, when `image` was decoded smaller (JPEG draft mode).
+    """
     try:
         orientation = int(image.getexif().get(0x0112, 1))
     except (TypeError, ValueError):  # a malformed tag: show the pixels as stored
         orientation = 1
-    width, height = image.size
+    width, height = stored_size or image.size
     if orientation in (5, 6, 7, 8):  # these four turn the picture by a quarter
         width, height = height, width
     return width, height, orientation
@@ -83,7 +222,9 @@ def sample(image: Image.Image, orientation: int, max_side: int) -> Sample:
     scale = max_side / max(img.size)
     if scale < 1:
         size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-        # reducing_gap lets Pillow box-reduce by an integer factor first: a 12 MP image costs ~25 ms.
+        # reducing_gap lets Pillow box-reduce by an integer factor first: a 12 MP image costs ~25 ms. (1.0
+        # would halve the cost at 1920x1080, but the face cascade is sensitive to resampling: it turned a
+        # cat into a portrait there. Large JPEGs skip most of this anyway: see worker.py, draft mode.)
         img = img.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
     if orientation in _UNDO_ORIENTATION:
         img = img.transpose(_UNDO_ORIENTATION[orientation])
@@ -127,13 +268,19 @@ def _cascade() -> Cascade:
     return _per_thread.cascade
 
 
+def face_scan_size(size: tuple[int, int], short_side: int, max_long_side: int) -> tuple[int, int]:
+    """The (width, height) the face cascade scans an image of `size` at."""
+    width, height = size
+    scale = min(short_side / min(width, height), max_long_side / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def largest_face(s: Sample, short_side: int, max_long_side: int) -> float:
     """Width of the largest frontal face found, as a share of the image's shorter side (0 when none)."""
     gray = Image.fromarray(np.round(s.gray).astype(np.uint8))
     # Always scan at the same shorter side, enlarging small images too: this cascade's hits depend on the
     # scale, and one fixed scale keeps its behaviour (and the smallest face it can see) the same for all.
-    scale = min(short_side / min(gray.size), max_long_side / max(gray.size))
-    size = (max(1, round(gray.width * scale)), max(1, round(gray.height * scale)))
+    size = face_scan_size(gray.size, short_side, max_long_side)
     if size != gray.size:
         gray = gray.resize(size, Image.Resampling.BILINEAR)
     short = min(gray.size)
@@ -150,54 +297,3 @@ def largest_face(s: Sample, short_side: int, max_long_side: int) -> float:
         min_neighbor_number=4,
     )
     return max((f["width"] / short for f in faces), default=0.0)
-
-
-def paper_ink(s: Sample) -> PaperInk:
-    """Split the image into paper, ink and mid-tones relative to its local background brightness."""
-    gray = s.gray
-    # A 9x9 grey closing erases dark strokes thinner than 9 px, leaving the paper under them; the box blur
-    # smooths it. Dividing by it removes shadows and vignetting, as on a phone photo of a page.
-    background = ndi.uniform_filter(ndi.grey_closing(gray, size=(9, 9)), 9)
-    norm = gray / np.maximum(background, 1.0)
-    n = max(int(s.opaque.sum()), 1)
-    paper = float((norm >= 0.85)[s.opaque].sum()) / n
-    ink_mask = (norm <= 0.60) & s.opaque
-    ink = float(ink_mask.sum()) / n
-    rgb = s.rgb[s.opaque]
-    colourful = float((rgb.max(axis=1).astype(np.int16) - rgb.min(axis=1) > 48).sum()) / n
-    labels, count = ndi.label(ink_mask)
-    sizes = np.bincount(labels.ravel())[1:] if count else np.zeros(0, dtype=np.int64)
-    # A mark is "small" when it is at most 0.2% of the image: a letter or a word, not a silhouette.
-    marks = int(((sizes >= 2) & (sizes <= 0.002 * n)).sum())
-    return PaperInk(
-        bright=float((background >= 128)[s.opaque].sum()) / n,
-        paper=paper,
-        ink=ink,
-        mid=max(0.0, 1.0 - paper - ink),
-        colourful=colourful,
-        marks_per_10k_px=marks / (n / 1e4),
-    )
-
-
-def flatness(s: Sample) -> Flatness:
-    """Measure flat colour areas and edge hardness on a median-filtered copy (kills JPEG and sensor noise)."""
-    smooth = np.asarray(Image.fromarray(s.rgb).filter(ImageFilter.MedianFilter(3)), dtype=np.int16)
-    dx = np.abs(np.diff(smooth, axis=1)).max(axis=2)[:-1, :]
-    dy = np.abs(np.diff(smooth, axis=0)).max(axis=2)[:, :-1]
-    grad = np.maximum(dx, dy)
-    # Only pixels whose right and lower neighbours are opaque too: the cut-out border is not an edge.
-    inside = s.opaque[:-1, :-1] & s.opaque[1:, :-1] & s.opaque[:-1, 1:]
-    strong = (grad > 40) & inside
-    # Gentle changes within 2 px of a hard edge are the edge itself, softened by anti-aliasing, JPEG
-    # ringing or chroma subsampling; only those farther away are shading or texture.
-    near_edge = ndi.binary_dilation(strong, structure=np.ones((5, 5), dtype=bool))
-    soft = (grad > 6) & (grad <= 40) & inside & ~near_edge
-    n = max(int(inside.sum()), 1)
-    q = (smooth[s.opaque] // 16).astype(np.int32)
-    counts = np.sort(np.bincount(q[:, 0] * 256 + q[:, 1] * 16 + q[:, 2], minlength=4096))[::-1]
-    return Flatness(
-        flat=float(((grad <= 2) & inside).sum()) / n,
-        soft=float(soft.sum()) / n,
-        strong=float(strong.sum()) / n,
-        top16=float(counts[:16].sum()) / max(int(counts.sum()), 1),
-    )

@@ -68,7 +68,7 @@ async def show_command(topology: Topology, args: argparse.Namespace) -> int:
     if dead is None:
         print(f"no dead letter with seq {args.seq}")
         return 1
-    message = dead.message.model_dump(mode="json") if dead.message else None
+    message = dead.message.summary() if dead.message else None
     print(json.dumps({**dead.summary(), "headers": dead.headers, "message": message}, indent=2))
     return 0
 

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit
 
-import aioboto3
 import httpx
 
 from shared.bodies import read_body
@@ -21,6 +20,7 @@ from shared.egress import S3_ERRORS, http_status_error, http_transport_error, s3
 from shared.errors import InputError, RetryableError
 from shared.localfiles import file_url_path, resolve_within
 from shared.netguard import AddressPolicy
+from shared.s3 import S3Client, s3_client
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _CHUNK_BYTES = 64 * 1024
@@ -34,7 +34,7 @@ async def read_input(
     max_bytes: int,
     max_redirects: int = 5,
     deadline_s: float | None = None,
-    s3_session: aioboto3.Session | None = None,
+    s3: S3Client | None = None,
     file_root: Path | None = None,
 ) -> bytes:
     """The bytes at `url`, at most `max_bytes` of them; raises InputError or RetryableError.
@@ -61,7 +61,8 @@ async def read_input(
                 f"(TM_FETCH_TIMEOUT_S), refused: {safe_url(url)}"
             ) from None
     if scheme == "s3":
-        return await _read_s3(url, s3_session or aioboto3.Session(), max_bytes)
+        async with s3_client(s3) as client:
+            return await _read_s3(url, client, max_bytes)
     if scheme == "file":
         return await asyncio.to_thread(_read_file, url, max_bytes, file_root)
     raise InputError(f"unsupported input URL scheme {scheme or '(none)'!r} (http, https, s3): {safe_url(url)}")
@@ -107,19 +108,17 @@ def _redirect_target(current: str, location: str) -> str:
     return target
 
 
-async def _read_s3(url: str, session: aioboto3.Session, max_bytes: int) -> bytes:
+async def _read_s3(url: str, s3: S3Client, max_bytes: int) -> bytes:
     parts = urlsplit(url)
     bucket, key = parts.netloc, unquote(parts.path.removeprefix("/"))
     if not bucket or not key:
         raise InputError(f"s3 input URL needs a bucket and a key: {url}")
     try:
-        # No endpoint_url: boto resolves it (AWS_ENDPOINT_URL_S3, config files, or AWS itself).
-        async with session.client("s3") as s3:
-            response = await s3.get_object(Bucket=bucket, Key=key)
-            body = response["Body"]
-            async with body:
-                chunks = body.iter_chunks(_CHUNK_BYTES)
-                return await _read_limited(chunks, response.get("ContentLength"), max_bytes, url)
+        response = await (await s3.client()).get_object(Bucket=bucket, Key=key)
+        body = response["Body"]
+        async with body:
+            chunks = body.iter_chunks(_CHUNK_BYTES)
+            return await _read_limited(chunks, response.get("ContentLength"), max_bytes, url)
     except S3_ERRORS as exc:
         raise s3_error(exc, f"input {url}") from exc
 

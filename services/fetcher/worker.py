@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import asyncio
 
-import aioboto3
-
 from services.fetcher.sources import read_input
-from shared.blobs import write_blob
+from shared.blobs import pass_on
 from shared.config import Settings
 from shared.images import open_image
 from shared.job import Handler, Job
-from shared.messages import TaskMessage, input_object
+from shared.messages import TaskMessage
 from shared.nats import Topology
+from shared.s3 import S3Client
 from shared.transport import task_client
+
+INLINE_CHECK_BYTES = 1024 * 1024
 
 
 async def make_handler(topology: Topology, settings: Settings) -> Handler:
     policy, http = task_client(settings, role="input")
-    s3_session = aioboto3.Session()
+    s3 = S3Client(max_connections=settings.concurrency * 2)
 
     async def handle(job: Job) -> TaskMessage:
         data = await read_input(
@@ -28,13 +29,18 @@ async def make_handler(topology: Topology, settings: Settings) -> Handler:
             max_bytes=settings.fetch_max_bytes,
             max_redirects=settings.fetch_max_redirects,
             deadline_s=settings.fetch_timeout_s,
-            s3_session=s3_session,
+            s3=s3,
             file_root=settings.file_root,
         )
         # Format (by magic bytes) and size (from the header) before any pixel is decoded.
         formats, max_pixels = settings.accepted_formats(), settings.max_input_pixels
-        await asyncio.to_thread(open_image, data, load=False, max_pixels=max_pixels, formats=formats)
-        await write_blob(topology.blobs, input_object(job.task.task_id), data)
-        return job.task
+        if len(data) <= INLINE_CHECK_BYTES:  # a header read takes less than a hop to a thread and back
+            open_image(data, load=False, max_pixels=max_pixels, formats=formats)
+        else:  # a large file may have many frames or pages to look through: off the event loop
+            await asyncio.to_thread(open_image, data, load=False, max_pixels=max_pixels, formats=formats)
+        return job.task.model_copy(
+            update=await pass_on(topology, job.task, "input", data, settings.inline_image_max_bytes)
+        )
 
+    handle.aclose = s3.close  # type: ignore[attr-defined]  # shared/service.py calls it at shutdown
     return handle

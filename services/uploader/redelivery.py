@@ -19,12 +19,12 @@ import stat
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
-import aioboto3
 import httpx
 
 from services.uploader.destinations import HttpPut, LocalFile, S3Target, parse_destination
 from shared.bodies import read_body
 from shared.localfiles import target_within
+from shared.s3 import S3Client, s3_client
 
 _SIGNED = {"x-amz-signature", "signature"}
 
@@ -34,7 +34,7 @@ async def already_delivered(
     data: bytes,
     *,
     http: httpx.AsyncClient,
-    s3_session: aioboto3.Session,
+    s3: S3Client | None,
     s3_endpoint: str | None,
     file_root: Path | None = None,
     deadline_s: float | None = None,
@@ -47,8 +47,8 @@ async def already_delivered(
     try:
         destination = parse_destination(url, s3_endpoint=s3_endpoint)
         if isinstance(destination, S3Target):
-            async with s3_session.client("s3") as s3:
-                head = await s3.head_object(Bucket=destination.bucket, Key=destination.key)
+            async with s3_client(s3) as client:
+                head = await (await client.client()).head_object(Bucket=destination.bucket, Key=destination.key)
             etag = str(head.get("ETag", "")).strip('"')
             return head.get("ContentLength") == len(data) and etag == hashlib.md5(data).hexdigest()
         if isinstance(destination, LocalFile):

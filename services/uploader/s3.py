@@ -13,15 +13,17 @@ import os
 import tempfile
 from pathlib import Path
 
-import aioboto3
 import httpx
 
 from services.uploader.destinations import HttpPut, LocalFile, S3Target, parse_destination
+from shared.bodies import read_body
 from shared.egress import S3_ERRORS, http_status_error, http_transport_error, s3_error, safe_url
 from shared.errors import InputError, RetryableError
 from shared.localfiles import target_within
 from shared.netguard import AddressPolicy
+from shared.s3 import S3Client, s3_client
 
+ANSWER_MAX_BYTES = 64 * 1024  # a PUT target's answer we read (and forget) to keep its connection
 # Disk trouble that may clear up by itself; any other OSError (permissions, not a directory) will not.
 _TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EIO, errno.EAGAIN, errno.EDQUOT})
 
@@ -33,7 +35,7 @@ async def write_output(
     *,
     http: httpx.AsyncClient,
     policy: AddressPolicy,
-    s3_session: aioboto3.Session | None,
+    s3: S3Client | None,
     s3_endpoint: str | None,
     deadline_s: float | None = None,
     file_root: Path | None = None,
@@ -48,7 +50,8 @@ async def write_output(
     """
     match parse_destination(url, s3_endpoint=s3_endpoint):
         case S3Target(bucket, key):
-            await _put_s3(bucket, key, data, content_type, s3_session or aioboto3.Session())
+            async with s3_client(s3) as client:
+                await _put_s3(bucket, key, data, content_type, client)
         case HttpPut(put_url):
             policy.check_url(put_url, "output")
             deadline = asyncio.timeout(deadline_s)
@@ -68,10 +71,9 @@ async def write_output(
             await asyncio.to_thread(_write_file, target, data, file_root)
 
 
-async def _put_s3(bucket: str, key: str, data: bytes, content_type: str, session: aioboto3.Session) -> None:
+async def _put_s3(bucket: str, key: str, data: bytes, content_type: str, s3: S3Client) -> None:
     try:
-        async with session.client("s3") as s3:
-            await s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
+        await (await s3.client()).put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
     except S3_ERRORS as exc:
         raise s3_error(exc, f"output s3://{bucket}/{key}") from exc
 
@@ -80,16 +82,25 @@ async def _put_http(url: str, data: bytes, content_type: str, http: httpx.AsyncC
     try:
         # No redirects: a presigned URL's signature is for this URL only, and a PUT body is not
         # something to replay to wherever a server points.
-        # Streamed and closed unread: the target's answer body (perhaps a compression bomb) is never read.
         headers = {"Content-Type": content_type}
         async with http.stream("PUT", url, content=data, headers=headers, follow_redirects=False) as response:
             status, answer_headers = response.status_code, response.headers
+            await _drain_answer(response)
     except httpx.InvalidURL as exc:
         raise InputError(f"invalid output URL ({exc}): {safe_url(url)}") from exc
     except httpx.HTTPError as exc:
         raise http_transport_error(exc, url, role="output") from exc
     if error := http_status_error(status, url, answer_headers, role="output"):
         raise error
+
+
+async def _drain_answer(response: httpx.Response) -> None:
+    """Read a short answer to its end, so that its connection is kept for the next upload (closing it
+    unread would end the connection); a long one (perhaps a compression bomb) is dropped unread."""
+    try:
+        await read_body(response, ANSWER_MAX_BYTES, role="output")
+    except InputError:
+        pass
 
 
 def _write_file(path: Path, data: bytes, root: Path | None) -> None:

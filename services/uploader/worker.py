@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import aioboto3
-
 from services.uploader.redelivery import already_delivered
 from services.uploader.s3 import write_output
-from shared.blobs import discard_task_blobs, read_blob
+from shared.blobs import discard_task_blobs, read_image
 from shared.config import Settings
 from shared.egress import s3_endpoint
 from shared.images import OUTPUT_FORMATS, output_format
 from shared.job import Handler, Job
-from shared.messages import TaskMessage, output_object
+from shared.messages import TaskMessage
 from shared.nats import Topology
+from shared.s3 import S3Client
 from shared.transport import task_client
 
 
@@ -32,16 +31,16 @@ def task_result(task: TaskMessage) -> dict:
 
 async def make_handler(topology: Topology, settings: Settings) -> Handler:
     policy, http = task_client(settings, role="output")
-    s3_session = aioboto3.Session()
+    s3 = S3Client(max_connections=settings.concurrency * 2)
 
     async def handle(job: Job) -> None:
         task = job.task
-        data = await read_blob(topology.js, output_object(task.task_id))
+        data = await read_image(topology.js, task, "output")
         redelivered = job.attempt > 1 and await already_delivered(
             task.output_url,
             data,
             http=http,
-            s3_session=s3_session,
+            s3=s3,
             s3_endpoint=s3_endpoint(),
             file_root=settings.file_root,
             deadline_s=settings.fetch_timeout_s,
@@ -53,13 +52,15 @@ async def make_handler(topology: Topology, settings: Settings) -> Handler:
                 OUTPUT_FORMATS[output_format(task.options.output_format, task.output_url)],
                 http=http,
                 policy=policy,
-                s3_session=s3_session,
+                s3=s3,
                 s3_endpoint=s3_endpoint(),
                 deadline_s=settings.fetch_timeout_s,
                 file_root=settings.file_root,
             )
         # The runner's store: it remembers the stage's start write, so no read comes before this one.
         await job.store.update(task.task_id, lambda s: s.succeed(task_result(task)))
-        await discard_task_blobs(topology.blobs, task.task_id)
+        if task.stored_objects:  # images that travelled in the messages left nothing to remove
+            await discard_task_blobs(topology.blobs, task.task_id)
 
+    handle.aclose = s3.close  # type: ignore[attr-defined]  # shared/service.py calls it at shutdown
     return handle

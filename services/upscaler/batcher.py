@@ -15,7 +15,8 @@ Failures stay with the image they belong to:
   one bad image cannot fail the others; in a batch of one image it fails that image;
 - a progress callback that raises, or a set cancel event, ends that image only.
 
-`TileBatcher` owns the device from one thread; callers in any thread block in `run` until their image is done.
+`TileBatcher` owns the device from one thread; callers in any thread block in `run` until their image is done,
+pasting its tiles' outputs into the image as they arrive (plan.py): host work stays off the device thread.
 """
 
 from __future__ import annotations
@@ -241,9 +242,7 @@ class TileBatcher:
                 self._thread = threading.Thread(target=self._drive, name="tile-batcher", daemon=True)
                 self._thread.start()
             self._wake.notify()
-        while not plan.finished.wait(0.25):
-            plan.poll_cancel()  # a cancelled image frees its caller at once; the driver skips it
-        return plan.result()
+        return plan.result()  # pastes the outputs here, in the caller's thread, as the driver delivers them
 
     def _drive(self) -> None:
         with torch.inference_mode():

@@ -28,6 +28,29 @@ class ModelSpec:
     scale: int
     selectable: bool = True  # False: a helper file no task may name (the wdn half of a dni blend)
 
+    @property
+    def receptive_radius(self) -> int:
+        """Input pixels, each way, that one output pixel depends on: a window with this much context
+        beyond the pixels kept from it computes them exactly as the whole image does."""
+        return receptive_radius(self.arch, self.arch_kwargs)
+
+
+def receptive_radius(arch: str, kwargs: dict[str, Any]) -> int:
+    """The receptive-field radius, in input pixels, of `arch` built with `kwargs` (see ModelSpec).
+
+    Every 3x3 conv at input resolution adds one pixel. SRVGGNetCompact chains num_conv + 2 of them; the
+    upsampled input it adds is pointwise. RRDBNet: conv_first, 5 per dense block (the longest path through
+    its dense connections), 3 blocks per RRDB, conv_body; the four convs after the x2 and x4 nearest
+    upsamplings reach 2 more pixels at worst; all of it at the folded resolution (x2 and x1 nets
+    pixel_unshuffle by 2 and 4 first), so a folded pixel is 2 or 4 input pixels.
+    """
+    if arch == "SRVGGNetCompact":
+        return int(kwargs["num_conv"]) + 2
+    if arch == "RRDBNet":
+        fold = {4: 1, 2: 2, 1: 4}[kwargs["scale"]]
+        return (1 + 15 * int(kwargs["num_block"]) + 1 + 2) * fold
+    raise ValueError(f"unknown architecture {arch!r}")
+
 
 def _rrdb(num_block: int, scale: int = 4) -> dict[str, Any]:
     return {

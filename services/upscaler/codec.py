@@ -3,29 +3,29 @@
 The bit depth comes from the file (a PNG's IHDR), never from pixel values as RealESRGANer guesses it.
 Pillow decodes 16-bit grey PNGs as "I;16" but cuts 16-bit RGB, RGBA and grey+alpha PNGs to 8 bits, so
 those are decoded by Pillow's own PNG decoder twice with raw modes that keep the high and the low byte of
-each sample (unfiltering and de-interlacing stay in Pillow's C code), and written by `encode_png16` here.
-Everything else goes through `shared.images` (Pillow), whose errors become InputError.
+each sample (unfiltering and de-interlacing stay in Pillow's C code).
+PNG outputs, 8 or 16 bits, are written by `services.upscaler.png` (several times Pillow's speed, in bands
+on a thread pool); JPEG, WebP and all decoding go through `shared.images` (Pillow), whose errors become
+InputError. All of it is host work: the upscaler worker runs it in its handler threads, never on the
+device's thread.
 """
 
 from __future__ import annotations
 
 import io
-import struct
-import zlib
+from concurrent.futures import Executor
 
 import numpy as np
 from PIL import Image
 
+from services.upscaler import png
 from services.upscaler.picture import Picture, exif_orientation, from_pil, orient
 from shared.errors import InputError
 from shared.images import encode_image, open_image
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_SIGNATURE = png.SIGNATURE
 # PNG colour type -> (raw mode giving the high bytes, raw mode giving the low bytes, channels kept)
 _SPLIT_RAWMODES = {2: ("RGB;16B", "RGB;16L", 3), 6: ("RGBA;16B", "RGBA;16L", 4), 4: ("RGBA", None, 2)}
-_COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type
-_ROWS_PER_BLOCK = 256
-_IDAT_BYTES = 1 << 20
 
 
 def png_header(data: bytes) -> tuple[int, int] | None:
@@ -77,50 +77,18 @@ def _decode_raw(data: bytes, rawmode: str) -> np.ndarray:
     return np.asarray(image)
 
 
-def encode(picture: Picture, fmt: str) -> bytes:
-    """Encode for `fmt` (png, jpeg, webp): 16-bit pictures stay 16-bit in PNG and are rounded to 8 otherwise."""
-    if fmt == "png" and picture.bit_depth == 16:
-        return encode_png16(picture.pixels, picture.icc_profile)
+def encode(picture: Picture, fmt: str, *, pool: Executor | None = None) -> bytes:
+    """Encode for `fmt` (png, jpeg, webp): 16-bit pictures stay 16-bit in PNG and are rounded to 8 otherwise.
+
+    PNG keeps every pixel exactly and the ICC profile; its bands run on `pool` (None: in this thread).
+    """
+    if fmt == "png":
+        return png.encode(picture.pixels, picture.icc_profile, pool=pool)
     return encode_image(picture.to_pil(), fmt)
 
 
 def encode_png16(pixels: np.ndarray, icc_profile: bytes | None = None) -> bytes:
-    """A 16-bit PNG of H x W x C uint16 `pixels` (C = 1..4), Paeth-filtered, with the ICC profile if given."""
-    height, width, channels = pixels.shape
-    bpp = 2 * channels
-    header = struct.pack(">IIBBBBB", width, height, 16, _COLOUR_TYPES[channels], 0, 0, 0)
-    out = [PNG_SIGNATURE, _chunk(b"IHDR", header)]
-    if icc_profile:
-        out.append(_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc_profile)))
-    compressor = zlib.compressobj(6)
-    idat = []
-    previous = np.zeros(width * bpp, np.int16)
-    for start in range(0, height, _ROWS_PER_BLOCK):
-        block = pixels[start : start + _ROWS_PER_BLOCK].astype(">u2").view(np.uint8).reshape(-1, width * bpp)
-        rows = block.astype(np.int16)
-        above = np.concatenate([previous[None], rows[:-1]])
-        left = np.zeros_like(rows)
-        left[:, bpp:] = rows[:, :-bpp]
-        upper_left = np.zeros_like(rows)
-        upper_left[:, bpp:] = above[:, :-bpp]
-        filtered = np.empty((rows.shape[0], 1 + width * bpp), np.uint8)
-        filtered[:, 0] = 4  # Paeth
-        filtered[:, 1:] = (rows - _paeth(left, above, upper_left)).astype(np.uint8)
-        idat.append(compressor.compress(filtered.tobytes()))
-        previous = rows[-1]
-    idat.append(compressor.flush())
-    stream = b"".join(idat)
-    out += [_chunk(b"IDAT", stream[i : i + _IDAT_BYTES]) for i in range(0, len(stream), _IDAT_BYTES)]
-    out.append(_chunk(b"IEND", b""))
-    return b"".join(out)
-
-
-def _paeth(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """The Paeth predictor of left a, above b, upper-left c (int16 arrays of bytes)."""
-    p = a + b - c
-    pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
-    return np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
-
-
-def _chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    """A 16-bit PNG of H x W x C uint16 `pixels` (C = 1..4), with the ICC profile if given."""
+    if pixels.dtype != np.uint16:
+        raise ValueError(f"16-bit pixels are uint16, got {pixels.dtype}")
+    return png.encode(pixels, icc_profile)

@@ -26,7 +26,7 @@ from services.upscaler import catalog, memory, weights
 from services.upscaler.alpha import RESIZE
 from services.upscaler.batcher import TileBatcher
 from services.upscaler.inference import Job, Network, Stats, TileRunner
-from services.upscaler.options import DEFAULT_ALPHA_MODE, check_output_size, validate_options
+from services.upscaler.options import DEFAULT_ALPHA_MODE, check_output_size, tile_overlap, validate_options
 from services.upscaler.picture import Picture, from_pil
 from shared.errors import ConfigurationError, InputError
 from shared.messages import Category, UpscaleOptions
@@ -79,9 +79,11 @@ class Upscaler:
     """Turns pictures into larger pictures; one per worker process, models stay loaded between calls.
 
     `default_tile`: tile size when a task names none (None: chosen from free memory and the model).
-    `batch`: tiles per forward (None: from free memory). `feather`: overlap blended at tile edges (None:
-    tile_pad // 2). `half`: fp16 on CUDA. `channels_last` (None: on CUDA). `compile`: torch.compile the nets.
+    `batch`: tiles per forward (None: from free memory). `feather`: overlap blended at tile edges (None: what
+    options.tile_overlap gives for the task's tile_pad and model). `half`: fp16 on CUDA. `channels_last` (None:
+    on CUDA). `compile`: torch.compile the nets.
     `max_output_pixels`: larger outputs are refused before inference (None: no limit).
+    `runner_class`: what drives the device; a bench or test passes a stand-in subclass (bench/upscale_cpu.py).
     """
 
     def __init__(
@@ -96,6 +98,7 @@ class Upscaler:
         channels_last: bool | None = None,
         compile: bool = False,
         max_output_pixels: int | None = None,
+        runner_class: type[TileRunner] = TileRunner,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.max_output_pixels = max_output_pixels
@@ -110,7 +113,7 @@ class Upscaler:
         self.channels_last = cuda if channels_last is None else channels_last
         self.compile = compile
         self.stats = Stats()
-        self._runner = TileRunner(self._device, self.stats, channels_last=self.channels_last)
+        self._runner = runner_class(self._device, self.stats, channels_last=self.channels_last)
         self._batcher = TileBatcher(self._runner)
         self._preparing = threading.RLock()  # model loads and sizing probes, one caller at a time
         self._prepared_nets: OrderedDict[int, tuple[nn.Module, nn.Module]] = OrderedDict()
@@ -219,6 +222,7 @@ class Upscaler:
 
         network = Network(self._prepared(model.net), model.scale, self._dtype, fp32)
         tile = self.default_tile if options.tile is None else options.tile
+        tile_pad, feather = tile_overlap(options, name, self.feather)
         alpha_mode = options.alpha_mode or DEFAULT_ALPHA_MODE
         sizing = memory.choose(
             model.net,
@@ -226,16 +230,16 @@ class Upscaler:
             self._dtype,
             (picture.height + options.pre_pad, picture.width + options.pre_pad),
             tile=tile,
-            tile_pad=options.tile_pad,
+            tile_pad=tile_pad,
             batch=self.batch,
             mod={2: 2, 1: 4}.get(model.scale, 1),
             passes=2 if picture.has_alpha and alpha_mode != RESIZE else 1,
         )
         job = Job(
             tile=sizing.tile,
-            tile_pad=options.tile_pad,
+            tile_pad=tile_pad,
             pre_pad=options.pre_pad,
-            feather=options.tile_pad // 2 if self.feather is None else self.feather,
+            feather=feather,
             batch=sizing.batch,
             alpha_mode=alpha_mode,
         )

@@ -9,6 +9,7 @@ from shared.messages import UpscaleOptions
 MAX_OUTSCALE = 8.0
 TILE_RANGE = range(32, 2049)
 PAD_RANGE = range(0, 65)
+PRACTICAL_TILE_PAD = 10  # RealESRGANer's default: the pad of nets whose receptive field is out of reach
 ALPHA_MODES = ("premultiplied", "network", "resize")  # see services/upscaler/alpha.py
 DEFAULT_ALPHA_MODE = ALPHA_MODES[0]
 
@@ -26,7 +27,7 @@ def validate_options(options: UpscaleOptions) -> None:
         )
     for field in ("tile_pad", "pre_pad"):
         value = getattr(options, field)
-        if value not in PAD_RANGE:
+        if value is not None and value not in PAD_RANGE:
             raise ValueError(f"kwargs.{field}: must be {PAD_RANGE.start}..{PAD_RANGE.stop - 1}, got {value}")
     if options.denoise_strength is not None:
         if not 0 <= options.denoise_strength <= 1:
@@ -41,6 +42,25 @@ def validate_options(options: UpscaleOptions) -> None:
         )
     if options.alpha_mode not in ALPHA_MODES:
         raise ValueError(f"kwargs.alpha_mode: must be one of {', '.join(ALPHA_MODES)}, got {options.alpha_mode!r}")
+
+
+def tile_overlap(options: UpscaleOptions, model: str, feather: int | None = None) -> tuple[int, int]:
+    """(tile_pad, feather) to cut an image for `model`; `feather` None: the default that goes with the pad.
+
+    A task's own kwargs.tile_pad is used as given, with feather tile_pad // 2, as it always was. Unset, the
+    pad covers the model's receptive field (catalog) beyond the feather where a client could have asked
+    for that much (PAD_RANGE): every kept pixel then sees all it depends on, tiles agree with an untiled
+    run up to float rounding, and need no cross-fade (feather 0). That is the compact models (18 and 34
+    pixels). RRDBNet's field (94 to 698 pixels) would cost several times the untiled compute, so those
+    get PRACTICAL_TILE_PAD and its feather, and differ from an untiled run where the field is cut off.
+    """
+    if options.tile_pad is not None:
+        return options.tile_pad, options.tile_pad // 2 if feather is None else feather
+    radius = catalog.get(model).receptive_radius
+    if radius < PAD_RANGE.stop:
+        feather = 0 if feather is None else feather
+        return radius + feather, feather
+    return PRACTICAL_TILE_PAD, PRACTICAL_TILE_PAD // 2 if feather is None else feather
 
 
 def check_output_size(size: tuple[int, int], max_pixels: int, *, what: str = "output") -> None:

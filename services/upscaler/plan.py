@@ -5,6 +5,11 @@ and pastes them into its `tiling.Canvas`. Tiles of plans with the same `key` (sa
 pixel type and alpha mode) are interchangeable inside one batch, which is how tiles of several tasks share
 a forward (batcher.py).
 
+Pasting is host work and stays off the device's thread, which must keep the device fed: the thread that made
+the plan (the caller, blocked in `result`) pastes. Outputs computed in another thread (batcher.py's device
+thread) are queued for it, copied out of their batch first (on CUDA a batch's pinned buffer is reused two
+batches later); the device thread only computes, crops, copies and reports progress (tiles computed).
+
 Failures handled here rather than failing the task:
 - A tile whose fp16 output holds NaN or inf (Real-ESRGAN#632) is redone in fp32 (`Stats.fp16_fallbacks`).
 - Out of memory on a single tile: the tile is split into quarters and each is retried, recursively, as
@@ -15,6 +20,7 @@ Failures handled here rather than failing the task:
 from __future__ import annotations
 
 import itertools
+import queue
 import threading
 from collections.abc import Callable, Hashable
 
@@ -40,7 +46,7 @@ def _reflect_pad(image: np.ndarray, bottom: int, right: int) -> np.ndarray:
 
 
 class ImagePlan:
-    """One image's tiles, output canvas and outcome; used by one scheduler thread at a time."""
+    """One image's tiles, output canvas and outcome; scheduled by one thread, pasted by the one that made it."""
 
     def __init__(
         self,
@@ -70,11 +76,15 @@ class ImagePlan:
         self.canvas = Canvas(self.rows, self.cols, self.scale, out_h, out_w, pixels.shape[2], pixels.dtype.type)
         self.order: list[Tile] = [(r, c) for r in range(len(self.rows)) for c in range(len(self.cols))]
         self.taken = 0  # tiles handed out for a batch
+        self.delivered = 0  # tiles computed and handed to the pasting thread
+        self.reported = False  # the last tile's progress is reported: nothing more comes from the device thread
         self.done = 0  # tiles pasted
+        self._owner = threading.get_ident()  # the thread that pastes (see the module docstring)
+        self._arrived: queue.SimpleQueue[np.ndarray | None] = queue.SimpleQueue()  # None: wakes `result`
         self.split = False  # out of memory at one tile a batch: the rest go one by one, quartered
         self.solo = False  # a batch shared with other images failed: this image no longer shares
         self.error: BaseException | None = None
-        self.finished = threading.Event()
+        self.finished = threading.Event()  # failed, or assembled by `result`
         window = (self.rows[0].window[1] - self.rows[0].window[0], self.cols[0].window[1] - self.cols[0].window[0])
         self.key: Hashable = (id(network.net), network.dtype, window, pixels.shape[2], pixels.dtype.str, job.alpha_mode)
 
@@ -98,13 +108,24 @@ class ImagePlan:
         if not self.finished.is_set():
             self.error = error
             self.finished.set()
+            self._arrived.put(None)
 
-    def result(self, timeout: float | None = None) -> np.ndarray:
-        """The output once finished; raises what failed the image."""
-        if not self.finished.wait(timeout):
-            raise TimeoutError("image not finished")
+    def result(self, poll_s: float = 0.25) -> np.ndarray:
+        """Paste tile outputs as they arrive, in the calling thread; the output once all are in.
+
+        Raises what failed the image; checks the cancel event every `poll_s` while waiting.
+        """
+        while (self.done < len(self.order) or not self.reported) and self.error is None:
+            try:
+                output = self._arrived.get(timeout=poll_s)
+            except queue.Empty:
+                self.poll_cancel()  # a cancelled image frees its caller at once; the device thread skips it
+                continue
+            if output is not None:
+                self._paste(output)
         if self.error is not None:
             raise self.error
+        self.finished.set()
         return self.canvas.pixels
 
     # -- tiles for batches ----------------------------------------------------------------------------------------
@@ -132,31 +153,44 @@ class ImagePlan:
         if bad and self.network.fp32 is not None:
             self.runner.stats.fp16_fallbacks += 1
             window = (*self.rows[row].window, *self.cols[col].window)
-            self._paste(self._solve(keep, window, fp32=True))
+            self._deliver(self._solve(keep, window, fp32=True), shared=False)
         else:
-            self._paste(self._crop(output, keep, self.rows[row].window[0], self.cols[col].window[0]))
+            self._deliver(self._crop(output, keep, self.rows[row].window[0], self.cols[col].window[0]), shared=True)
 
     def solve_next(self) -> None:
         """The next tile on its own, quartered as often as memory needs."""
         (row, col) = self.take(1)[0]
-        self._paste(self._solve(self._keep(row, col), None, fp32=False))
+        self._deliver(self._solve(self._keep(row, col), None, fp32=False), shared=False)
 
     def report(self) -> None:
-        """Progress after a batch; an exception from the callback fails the image. Finishes it after the last tile."""
+        """Progress after a batch (tiles computed); an exception from the callback fails the image."""
         try:
             if self.progress is not None:
-                self.progress(self.done / len(self.order))
+                self.progress(self.delivered / len(self.order))
         except Exception as exc:
             self.fail(exc)
             return
-        if self.done == len(self.order) and not self.finished.is_set():
+        if self.delivered == len(self.order) and self.error is None:  # the image's last batch: once
             self.runner.stats.images += 1
-            self.finished.set()
+            self.reported = True  # the caller returns only now, so no progress call comes after it
+            self._arrived.put(None)
+
+    def _deliver(self, tile: np.ndarray, *, shared: bool) -> None:
+        """Hand a tile's output to the pasting thread; `shared`: a view of a batch buffer that will be reused."""
+        self.runner.stats.tiles += 1
+        self.delivered += 1
+        if threading.get_ident() == self._owner:
+            self._paste(tile)  # one image in its own thread (TileRunner.run): paste at once, nothing piles up
+        else:
+            self._arrived.put(np.array(tile) if shared else tile)
 
     def _paste(self, tile: np.ndarray) -> None:
         row, col = self.order[self.done]
-        self.canvas.paste(row, col, tile)
-        self.runner.stats.tiles += 1
+        try:
+            self.canvas.paste(row, col, tile)
+        except Exception as exc:
+            self.fail(exc)
+            return
         self.done += 1
 
     def _keep(self, row: int, col: int) -> Box:

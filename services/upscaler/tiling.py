@@ -2,7 +2,10 @@
 
 RealESRGANer (realesrgan/utils.py) cuts the padded input into `tile` x `tile` cores from the top left, reads
 each with `tile_pad` pixels of context on every side (clamped to the image) and keeps exactly the core's area
-of the output. This module keeps that grid and that context, and differs on purpose in three ways:
+of the output. A kept pixel equals the untiled output (up to float rounding) when its window holds the
+network's whole receptive field, i.e. when tile_pad - feather >= the radius (catalog.receptive_radius); the
+default pad is chosen so where that is affordable (options.tile_overlap). This module keeps that grid and
+that context, and differs on purpose in three ways:
 
 - Feathering: each tile also keeps `feather` input pixels beyond every inner edge of its core, and two
   neighbours are cross-faded over that overlap with complementary linear ramps (weights w and 1 - w, a

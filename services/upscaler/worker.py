@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import structlog
@@ -12,11 +14,11 @@ from services.upscaler import codec
 from services.upscaler.engine import Upscaler
 from services.upscaler.metrics import UpscalerCollector
 from services.upscaler.plan import Cancelled
-from shared.blobs import read_blob, write_blob
+from shared.blobs import pass_on, read_image
 from shared.config import Settings
 from shared.images import open_image, output_format
 from shared.job import Handler, Job
-from shared.messages import Category, TaskMessage, input_object, output_object
+from shared.messages import Category, TaskMessage
 from shared.nats import Topology
 from shared.state import TaskFinishedError
 from shared.tasks import TaskGoneError
@@ -62,6 +64,14 @@ class ProgressBridge:
             log.warning("progress_update_failed", error=str(exc))
 
 
+def cpu_threads(configured: int | None = None) -> int:
+    """`configured` (TM_CPU_THREADS), else the cores this process may run on (its affinity, as taskset sets it)."""
+    if configured is not None:
+        return configured
+    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    return len(usable) if usable else os.cpu_count() or 1
+
+
 async def make_handler(topology: Topology, settings: Settings, upscaler: Upscaler | None = None) -> Handler:
     """The upscale handler; its `describe()` reports the device and models for the dashboard."""
     engine = upscaler or Upscaler(
@@ -72,6 +82,10 @@ async def make_handler(topology: Topology, settings: Settings, upscaler: Upscale
     )
     formats, max_pixels = settings.accepted_formats(), settings.max_input_pixels
     loop = asyncio.get_running_loop()
+    # Host image work runs in this handler's threads (asyncio.to_thread), never on the engine's device thread:
+    # decoding, pasting tiles into the output (plan.py) and encoding. A PNG output is encoded in bands on this
+    # pool, one thread per usable core, so even one image at a time uses them all.
+    cpu = ThreadPoolExecutor(cpu_threads(settings.cpu_threads), thread_name_prefix="upscaler-cpu")
 
     def run(data: bytes, category: Category, task: TaskMessage, progress: ProgressBridge):
         open_image(data, load=False, max_pixels=max_pixels, formats=formats)  # format and size, before decoding
@@ -84,11 +98,12 @@ async def make_handler(topology: Topology, settings: Settings, upscaler: Upscale
             if progress.ended is not None:
                 raise progress.ended from None  # revoked or deleted while waiting: dropped, not retried
             raise
-        return result, codec.encode(result.picture, output_format(task.options.output_format, task.output_url))
+        fmt = output_format(task.options.output_format, task.output_url)
+        return result, codec.encode(result.picture, fmt, pool=cpu)
 
     async def handle(job: Job) -> TaskMessage:
         task = job.task
-        data = await read_blob(topology.js, input_object(task.task_id))
+        data = await read_image(topology.js, task, "input")
         category = task.classification.category if task.classification else Category.PHOTO
         # Decoding overlaps other tasks' inference; the engine's batcher then runs the tiles of every task
         # held here, sharing batches between them, highest priority first.
@@ -99,9 +114,11 @@ async def make_handler(topology: Topology, settings: Settings, upscaler: Upscale
         except asyncio.CancelledError:
             bridge.cancel.set()  # stalled or shutting down: free the device of this image
             raise
-        await write_blob(topology.blobs, output_object(task.task_id), encoded)
+        handed_on = await pass_on(topology, task, "output", encoded, settings.inline_image_max_bytes)
         return task.model_copy(
             update={
+                **handed_on,
+                "input_image": None,  # the uploader needs only the output
                 "output_width": result.width,
                 "output_height": result.height,
                 "model_used": result.model_used,

@@ -41,12 +41,16 @@ CRASHES = 3
 CRASH_ENV = {
     "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent / "crashpoint"), str(ROOT)])),
     "TM_TEST_CRASH_AFTER_TERMINAL_WRITES": "15",
+    # One upload at a time: the killed process holds only the task it just ended, whose message the
+    # finder under test must handle; no other held message waits out the (long) ack wait.
+    "TM_CONCURRENCY": "1",
 }
 FINDERS = {
     # the message comes back to the replacement uploader after the 5 s ack wait
     "redelivery": {},
     # the sweeper sees the message past the queue timeout long before its ack wait runs out
-    "sweeper": {"TM_ACK_WAIT_S": "30", "TM_QUEUE_TIMEOUT_S": "12"},
+    # (20 s: on a loaded machine the upload queue waits several seconds for each replacement process)
+    "sweeper": {"TM_ACK_WAIT_S": "60", "TM_QUEUE_TIMEOUT_S": "20"},
 }
 
 

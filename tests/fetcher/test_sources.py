@@ -12,7 +12,6 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
-import aioboto3
 import httpx
 import pytest
 
@@ -21,6 +20,7 @@ from shared import stage
 from shared.egress import http_status_error, retry_after_s, safe_url
 from shared.errors import MAX_BACKOFF_S, InputError, RetryableError
 from shared.netguard import AddressPolicy
+from shared.s3 import S3Client
 from shared.transport import guarded_client
 from tests.servers import S3Server, StaticHTTPServer
 
@@ -180,15 +180,16 @@ async def test_unsupported_schemes(url: str) -> None:
 
 async def test_s3_ok_missing_and_too_large(s3_env: S3Server, s3_bucket: str, http: httpx.AsyncClient) -> None:
     s3_env.client().put_object(Bucket=s3_bucket, Key="in/a b.png", Body=b"s3 bytes")
-    session = aioboto3.Session()
+    session = S3Client()
     url = f"s3://{s3_bucket}/in/a%20b.png"
-    assert await read_input(url, http=http, policy=STRICT, max_bytes=MAX, s3_session=session) == b"s3 bytes"
+    assert await read_input(url, http=http, policy=STRICT, max_bytes=MAX, s3=session) == b"s3 bytes"
     with pytest.raises(InputError, match="NoSuchKey"):
         await read_input(f"s3://{s3_bucket}/nope.png", http=http, policy=STRICT, max_bytes=MAX)
     with pytest.raises(InputError, match="NoSuchBucket"):
         await read_input("s3://no-such-bucket-here/x.png", http=http, policy=STRICT, max_bytes=MAX)
     with pytest.raises(InputError, match="larger than the 4-byte limit"):
-        await read_input(url, http=http, policy=STRICT, max_bytes=4, s3_session=session)
+        await read_input(url, http=http, policy=STRICT, max_bytes=4, s3=session)
+    await session.close()
 
 
 async def test_s3_wrong_credentials_are_input_errors(

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aioboto3
 import httpx
 import pytest
 from botocore.config import Config
@@ -303,9 +302,7 @@ async def test_tls_checks_the_certificate_against_the_name_not_the_vetted_addres
 
 async def write(url: str, policy: AddressPolicy, *, endpoint: str | None = None, **client: Any) -> None:
     async with guarded_client(policy, role="output", timeout=httpx.Timeout(5), **client) as http:
-        await write_output(
-            url, b"img", "image/png", http=http, policy=policy, s3_session=aioboto3.Session(), s3_endpoint=endpoint
-        )
+        await write_output(url, b"img", "image/png", http=http, policy=policy, s3=None, s3_endpoint=endpoint)
 
 
 async def test_put_outputs_are_held_to_the_same_rules(http_server: StaticHTTPServer) -> None:

@@ -89,3 +89,19 @@ async def test_no_message_waits_for_the_rescan_under_a_stream_of_publishes(topol
     assert sorted(taken) == sorted(f"t{n}".encode() for n in range(60))
     await publisher.close()
     await puller.close()
+
+
+async def test_a_retry_this_process_gave_back_is_taken_when_its_delay_is_over(topology: Topology) -> None:
+    """No rescan needed (30 s here): the puller looks at the priority again when the delay is over."""
+    await publish(topology, 4, "later", Stage.UPSCALE)
+    puller = PriorityPuller(topology.nc, Stage.UPSCALE, rescan_s=30)
+    await puller.start()
+    first = await puller.take()
+    assert first is not None
+    assert await puller.take() is None  # priority 4 is now known empty
+    await first.nak(delay=0.3)
+    puller.note_retry(4, 0.3)
+    again = await asyncio.wait_for(puller.next(), timeout=5)
+    assert again is not None and again.data == b"later" and again.metadata.num_delivered == 2
+    await again.ack()
+    await puller.close()

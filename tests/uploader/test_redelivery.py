@@ -7,7 +7,6 @@ import time
 import tracemalloc
 from pathlib import Path
 
-import aioboto3
 import httpx
 import pytest
 
@@ -23,10 +22,7 @@ DATA = b"\x89PNG pretend output bytes"
 
 async def delivered(url: str, data: bytes = DATA, endpoint: str | None = None, file_root: Path | None = None) -> bool:
     async with httpx.AsyncClient(timeout=5) as http:
-        session = aioboto3.Session()
-        return await already_delivered(
-            url, data, http=http, s3_session=session, s3_endpoint=endpoint, file_root=file_root
-        )
+        return await already_delivered(url, data, http=http, s3=None, s3_endpoint=endpoint, file_root=file_root)
 
 
 async def test_s3_object_with_the_same_bytes(s3_env: S3Server, s3_bucket: str) -> None:
@@ -78,9 +74,7 @@ async def read_back(url: str, data: bytes = DATA, deadline_s: float = 5) -> tupl
     """already_delivered through the uploader's guarded client (which asks for identity), and how long it took."""
     async with guarded_client(AddressPolicy(allow_private=True), role="output", timeout=httpx.Timeout(5)) as http:
         began = time.monotonic()
-        held = await already_delivered(
-            url, data, http=http, s3_session=aioboto3.Session(), s3_endpoint=None, deadline_s=deadline_s
-        )
+        held = await already_delivered(url, data, http=http, s3=None, s3_endpoint=None, deadline_s=deadline_s)
         return held, time.monotonic() - began
 
 

@@ -7,7 +7,6 @@ import stat
 import uuid
 from pathlib import Path
 
-import aioboto3
 import httpx
 import pytest
 from botocore.config import Config
@@ -38,7 +37,7 @@ async def write(
             PNG,
             http=http,
             policy=policy,
-            s3_session=aioboto3.Session(),
+            s3=None,
             s3_endpoint=endpoint,
             deadline_s=deadline_s,
             file_root=file_root,

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from services.upscaler import weights
 from services.upscaler.inference import Job, Network, TileRunner, is_out_of_memory
 from tests.upscaler.conftest import ANIMEVIDEO, IMAGES, shared_file, small_compact, small_rrdb
+from tests.upscaler.fakecuda import FakeEvent, FakeStream
 
 CPU = torch.device("cpu")
 
@@ -226,33 +227,20 @@ def test_output_is_never_materialised_in_float() -> None:
     assert growth_mib < 137 + 200, f"peak RSS grew {growth_mib} MiB"
 
 
-class _FakeStream:
-    def wait_event(self, event: object) -> None:
-        pass
-
-
-class _FakeEvent:
-    def record(self, stream: object = None) -> None:
-        pass
-
-    def synchronize(self) -> None:
-        pass
-
-
 def test_the_cuda_pipeline_bookkeeping_with_fake_streams(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CUDA branch (pinned double buffers, two copy streams, padded last batch) run on the CPU with no-op
     streams and events: the same pixels as the plain path. Real overlap is measured by bench/gpu_check.sh."""
     empty = torch.empty
     monkeypatch.setattr(torch, "empty", lambda *a, pin_memory=False, **k: empty(*a, **k))
     monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: _FakeStream())
-    monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: FakeStream())
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
     monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, stream: None, raising=False)
     net = small_compact()
     for pixels in (_noise(70, 90, 4), _noise(70, 90, 3).astype(np.uint16) * 257):
         expected = _run(net, pixels, tile=(16, 24), tile_pad=4, batch=3)
         runner = TileRunner(CPU)
-        runner._cuda, runner._streams = True, (_FakeStream(), _FakeStream())  # type: ignore[assignment]
+        runner._cuda, runner._streams = True, (FakeStream(), FakeStream())  # type: ignore[assignment]
         out = runner.run(pixels, Network(net, 4), Job(tile=(16, 24), tile_pad=4, batch=3))
         np.testing.assert_array_equal(out, expected)
         assert runner._submitted == 7 and len(runner._pinned) == 6  # 20 tiles in 7 batches of 3; 2 slots x 3

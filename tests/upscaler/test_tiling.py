@@ -20,6 +20,19 @@ def test_cores_follow_the_reference_grid_and_windows_stay_inside() -> None:
     assert [s.keep for s in spans] == [(0, 37), (27, 69), (59, 98), (94, 100)]
 
 
+@pytest.mark.parametrize("mod", [1, 2, 4])
+def test_every_kept_pixel_sees_pad_minus_feather_of_context(mod: int) -> None:
+    # What makes a pad that covers the receptive field beyond the feather exact (options.tile_overlap):
+    # every window holds its kept range +- (pad - feather), cut only by the image border.
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        length = int(rng.integers(1, 120)) * mod
+        tile, pad, feather = int(rng.integers(1, 70)), int(rng.integers(0, 40)), int(rng.integers(0, 20))
+        for s in plan_axis(length, tile, pad, feather, mod=mod):
+            reach = pad - feather
+            assert s.window[0] <= max(s.keep[0] - reach, 0) and s.window[1] >= min(s.keep[1] + reach, length)
+
+
 @pytest.mark.parametrize(("length", "tile"), [(40, 0), (40, 40), (40, 64)])
 def test_one_span_when_the_tile_covers_the_axis(length: int, tile: int) -> None:
     assert [(s.core, s.window, s.keep) for s in plan_axis(length, tile, 10, 5)] == [((0, 40),) * 3]

@@ -9,6 +9,7 @@ keeps proxies from closing a quiet connection.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -17,15 +18,13 @@ import nats.errors
 import structlog
 from fastapi import APIRouter, Header, HTTPException, status
 from fastapi.responses import StreamingResponse
-from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from services.api.changefeed import ChangeFeed
 from services.api.deps import ContextDep
 from services.api.routes.tasks import TASK_ERRORS, valid_id
 from services.api.schemas import error
-from shared.events import EventKind, Snapshot, TaskEvent, task_changes_filter
-from shared.messages import EVENTS_STREAM
-from shared.state import TaskStatus
+from shared.events import EventKind, Snapshot, TaskEvent
+from shared.state import TaskState, TaskStatus
 from shared.tasks import TaskStore
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
@@ -55,10 +54,10 @@ EVENTS_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def frame(event: TaskEvent, sequence: int | None) -> bytes:
-    """One SSE message; JSON has no raw newlines, so `data:` is a single line."""
+def frame(kind: str, data: bytes, sequence: int | None) -> bytes:
+    """One SSE message: `data` is the event's JSON as stored (no raw newlines: a single `data:` line)."""
     head = f"id: {sequence}\n" if sequence is not None else ""
-    return f"{head}event: {event.kind.value}\ndata: {event.to_json().decode()}\n\n".encode()
+    return f"{head}event: {kind}\ndata: ".encode() + data + b"\n\n"
 
 
 def resume_after(last_event_id: str | None) -> int:
@@ -76,16 +75,6 @@ def resume_after(last_event_id: str | None) -> int:
     return sequence
 
 
-async def _open(js: JetStreamContext, task_id: str, after: int) -> Any:
-    start = (
-        # Nothing can follow the last possible sequence (the server refuses a start past it).
-        ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=min(after + 1, MAX_SEQUENCE))
-        if after
-        else ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
-    )
-    return await js.subscribe(task_changes_filter(task_id), stream=EVENTS_STREAM, ordered_consumer=True, config=start)
-
-
 async def _ended(store: TaskStore, task_id: str) -> tuple[bool, bytes]:
     """(whether to end the stream, a last frame): the task is gone, or ended without its event in sight."""
     found = await store.get_with_revision(task_id)
@@ -96,17 +85,17 @@ async def _ended(store: TaskStore, task_id: str) -> tuple[bool, bytes]:
         return False, b""
     unknown_before = Snapshot(None, Snapshot.of(current).stages, current.progress, current.run)
     event = TaskEvent.between(unknown_before, current, revision)
-    return True, frame(event, None) if event is not None else b""
+    return True, frame(event.kind.value, event.to_json(), None) if event is not None else b""
 
 
-async def _follow(sub: Any, store: TaskStore, opened: TaskStatus, keepalive_s: float) -> AsyncIterator[bytes]:
+async def _follow(feed: ChangeFeed, store: TaskStore, opened: TaskStatus, keepalive_s: float) -> AsyncIterator[bytes]:
     task_id, last_revision = opened.task_id, 0
     try:
         yield b": events of task " + task_id.encode() + b"\n\n"  # the headers go out at once
         wait = min(ENDED_GRACE_S, keepalive_s) if opened.state.terminal else keepalive_s
         while True:
             try:
-                msg = await sub.next_msg(timeout=wait)
+                data, sequence = await feed.next(wait)
             except nats.errors.TimeoutError:
                 finished, last = await _ended(store, task_id)
                 if finished:
@@ -116,20 +105,22 @@ async def _follow(sub: Any, store: TaskStore, opened: TaskStatus, keepalive_s: f
                 wait = keepalive_s
                 continue
             try:
-                event = TaskEvent.from_json(msg.data)
-            except ValueError as exc:
-                log.warning("bad_change_event", subject=msg.subject, error=str(exc))
+                # The few fields this loop decides on; the event goes out as it was stored, not re-encoded.
+                event = json.loads(data)
+                kind, revision, run, state = event["kind"], int(event["revision"]), int(event["run"]), event["state"]
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("bad_change_event", task_id=task_id, sequence=sequence, error=repr(exc))
                 continue
-            if event.revision <= last_revision:
+            if revision <= last_revision:
                 continue  # published late by an earlier writer: a later change was already sent
-            last_revision = event.revision
-            yield frame(event, msg.metadata.sequence.stream)
-            if event.terminal and event.run >= opened.run:  # not the end of a run an operator replayed since
+            last_revision = revision
+            yield frame(kind, data.strip(), sequence)
+            if TaskState(state).terminal and run >= opened.run:  # not the end of a run an operator replayed since
                 return
     finally:
         with anyio.CancelScope(shield=True):  # also when the client went away (the stream is cancelled)
             try:
-                await sub.unsubscribe()
+                await feed.close()
             except Exception as exc:
                 log.warning("events_unsubscribe_failed", task_id=task_id, error=repr(exc))
 
@@ -147,8 +138,8 @@ async def task_events(
     found = await ctx.store.get(task_id) if valid_id(task_id) else None
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"Task {task_id} not found")
-    sub = await _open(ctx.topology.js, task_id, after)
-    body = _follow(sub, ctx.store, found, ctx.settings.events_keepalive_s)
+    feed = await ChangeFeed(ctx.topology.nc, task_id, after).open()
+    body = _follow(feed, ctx.store, found, ctx.settings.events_keepalive_s)
     return StreamingResponse(
         body, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
