@@ -68,10 +68,13 @@ def classifier_at(revision: str) -> Classifier:
     folder = Path(tempfile.mkdtemp()) / package
     folder.mkdir()
     (folder / "__init__.py").write_text("")
-    for name in ("classify.py", "features.py"):
-        text = subprocess.run(
-            ["git", "show", f"{revision}:services/classifier/{name}"], cwd=ROOT, check=True, capture_output=True
-        ).stdout.decode()
+    for name in ("classify.py", "features.py", "filters.py"):
+        shown = subprocess.run(
+            ["git", "show", f"{revision}:services/classifier/{name}"], cwd=ROOT, check=False, capture_output=True
+        )
+        if shown.returncode != 0:  # filters.py is younger than some revisions worth comparing with
+            continue
+        text = shown.stdout.decode()
         (folder / name).write_text(text.replace("from services.classifier import", f"from {package} import"))
     sys.path.insert(0, str(folder.parent))
     module = importlib.import_module(f"{package}.classify")
@@ -140,7 +143,12 @@ def scan_ms(data: bytes, reps: int) -> float | None:
     if classify(image).category.value not in ("portrait", "photo") or min(image.size) < rules.MIN_FACE_SCAN_SIDE_PX:
         return None
     copy = features.sample(image, features.oriented_size(image)[2], rules.ANALYSIS_MAX_SIDE_PX)
-    return cpu_ms(lambda: features.largest_face(copy, rules.FACE_SHORT_SIDE_PX, rules.FACE_MAX_LONG_SIDE_PX), reps)
+    return cpu_ms(
+        lambda: features.largest_face(
+            copy, rules.FACE_SHORT_SIDE_PX, rules.FACE_MAX_LONG_SIDE_PX, rules.MIN_FACE_SHARE
+        ),
+        reps,
+    )
 
 
 def main() -> None:

@@ -18,9 +18,11 @@ first rule that holds wins:
    (<= 1.5x the hard-edge pixels; photos have 2x to 50x: shading, texture, blur) and 16 colours cover
    >= 80% of the picture. Flat graphics (icons, charts, cartoons, cel-shaded art) land here; painted
    illustrations and anime art with soft shading or heavy JPEG noise read as photos (or portraits).
-3. portrait: the LBP frontal-face cascade finds a face at least 5% as wide as the shorter side. It scans a
-   grey copy scaled to 256 px on the shorter side with its 24 px window, so in practice a face must be
-   about a tenth of the shorter side; smaller ones are crowd scenes, where face models matter little.
+3. portrait: the LBP frontal-face cascade finds a face at least a fifth as wide as the shorter side: a
+   face that defines the picture (a head-and-shoulders shot, a small group); the faces in a crowd or a
+   street scene are too small for a face model to matter. The cascade scans a grey copy of 128 px on the
+   shorter side, where its 24 px window is that fifth (features.largest_face: a sparse pass over window
+   sizes from there up, then a dense pass around the windows that fired, where a face must fire 6 times).
    It comes after rules 1 and 2, which never hold for camera photos, because the cascade also fires on
    drawn faces (a smiley, a cartoon character): those belong with the flat art.
 4. photo: everything else, and any image too small (< 16 px a side) or too transparent to judge.
@@ -29,10 +31,9 @@ Cost (CPU of one core; bench/classify_cost.py prints it by image size and format
 taken when a rule first reads it, and the rules read the cheap ones first, so a photo fails rules 1 and 2
 in 1-3 ms (on its colour, then its flatness) and text and flat art are decided in a few ms, whatever the
 image's size (beyond the resize to the analysis copy, ~5 ms for a 1920x1080 PNG; a JPEG is decoded small).
-Nearly all the rest of a photo's cost is the face scan of rule 3, about 30 ms, the same for any image size
-since the scan's copy is. It is kept at 256 px because the cascade's cost follows the smallest face it
-must see: at 128 px it costs a quarter, but misses nearly every face under a fifth of the shorter side
-(group photos, half-figure shots), which would then read as photos.
+Most of the rest of a photo's cost is the face scan of rule 3, 3-5 ms, the same for any image size since
+the scan's copy is: its cost follows the number of windows at the smallest face size, which is why
+the smallest face is a fifth of the shorter side (a scan down to a tenth, at 256 px, cost ~30 ms).
 """
 
 from __future__ import annotations
@@ -45,13 +46,13 @@ from services.classifier import features
 from shared.messages import Category, Classification
 
 ANALYSIS_MAX_SIDE_PX = 512
-FACE_SHORT_SIDE_PX = 256  # the cascade costs ~30 ms at this size (128: ~7 ms, see above); 320: ~45 ms
-FACE_MAX_LONG_SIDE_PX = 768  # panoramas: keep the scan cheap
+FACE_SHORT_SIDE_PX = 128  # the cascade's 24 px window is then MIN_FACE_SHARE of the shorter side
+FACE_MAX_LONG_SIDE_PX = 384  # panoramas: keep the scan cheap
 MIN_SIDE_PX = 16
 MIN_FACE_SCAN_SIDE_PX = 48  # twice the cascade's window: enlarged, a smaller image shows it no face
 MIN_OPAQUE_SHARE = 0.01
 
-MIN_FACE_SHARE = 0.05
+MIN_FACE_SHARE = 0.18  # a fifth of the shorter side, less the cascade's play (its boxes vary by ~10%)
 
 MIN_BRIGHT_PAPER = 0.70
 MIN_PAPER = 0.75
@@ -106,8 +107,8 @@ def _category(image: Image.Image, stored_size: tuple[int, int], orientation: int
         return Category.TEXT
     if _is_flat_art(features.Flatness(sample)):
         return Category.ANIME
-    scan = min(stored_size) >= MIN_FACE_SCAN_SIDE_PX  # a 16 px image scanned at 256 px costs ~20 ms for nothing
-    if scan and features.largest_face(sample, FACE_SHORT_SIDE_PX, FACE_MAX_LONG_SIDE_PX) >= MIN_FACE_SHARE:
+    scan = min(stored_size) >= MIN_FACE_SCAN_SIDE_PX  # a 16 px image enlarged for the scan shows no face
+    if scan and features.largest_face(sample, FACE_SHORT_SIDE_PX, FACE_MAX_LONG_SIDE_PX, MIN_FACE_SHARE) > 0:
         return Category.PORTRAIT
     return Category.PHOTO
 

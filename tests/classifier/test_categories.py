@@ -91,3 +91,35 @@ def test_rendered_text_survives_jpeg() -> None:
 
 def test_blank_page_is_not_text() -> None:
     assert classify(Image.new("RGB", (640, 480), "white")).category is Category.PHOTO
+
+
+def _variants(image: Image.Image) -> list[tuple[str, Image.Image]]:
+    """The picture at other sizes, as JPEG, and shifted by a few px (the face scan's grid lands elsewhere)."""
+    out = []
+    for long_side in (160, 384, 800, 1600):
+        scale = long_side / max(image.size)
+        resized = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
+        out += [(f"{long_side}px", resized), (f"{long_side}px jpeg", _jpeg(resized, 80))]
+    for dx, dy in ((7, 0), (0, 7), (13, 13), (20, 5)):
+        out.append((f"shifted {dx},{dy}", image.crop((dx, dy, image.width, image.height))))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("astronaut.png", Category.PORTRAIT),
+        ("00017_gray.png", Category.PORTRAIT),
+        ("children-alpha.png", Category.PORTRAIT),
+        ("chelsea.png", Category.PHOTO),
+        ("motorcycle_left.png", Category.PHOTO),
+        ("OST_009.png", Category.PHOTO),
+        ("pairs/baboon_hr.png", Category.PHOTO),
+    ],
+)
+def test_faces_are_found_whatever_the_size_format_and_framing(name: str, expected: Category) -> None:
+    image = (
+        skimage_image(name) if name in ("astronaut.png", "chelsea.png", "motorcycle_left.png") else shared_image(name)
+    )
+    wrong = [label for label, variant in _variants(image) if classify(variant).category is not expected]
+    assert wrong == []

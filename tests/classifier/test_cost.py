@@ -61,15 +61,17 @@ def test_no_face_scan_where_an_earlier_rule_decides(cascade: _CascadeSpy, image:
 
 @pytest.mark.parametrize(
     ("size", "scanned_shape"),
-    [((4000, 3000), (256, 341)), ((128, 96), (256, 341)), ((3000, 500), (128, 768)), ((500, 3000), (768, 128))],
+    [((4000, 3000), (128, 171)), ((128, 96), (128, 171)), ((3000, 500), (64, 384)), ((500, 3000), (384, 64))],
 )
-def test_a_photo_is_scanned_once_on_a_small_copy(
+def test_a_photo_is_scanned_on_one_small_copy(
     cascade: _CascadeSpy, size: tuple[int, int], scanned_shape: tuple[int, int]
 ) -> None:
-    # Whatever the input's size, the cascade sees one copy of 256 px on the short side, at most 768 on the
-    # long one (a panorama is scanned smaller): its cost does not grow with the image.
+    # Whatever the input's size, the cascade sees one copy of 128 px on the short side, at most 384 on the
+    # long one (a panorama is scanned smaller), and then at most crops of it around candidate windows:
+    # its cost does not grow with the image.
     rules.classify(skimage_image("coffee.png").convert("RGB").resize(size))
-    assert cascade.scanned == [scanned_shape]
+    assert cascade.scanned[0] == scanned_shape
+    assert all(shape[0] < scanned_shape[0] or shape[1] < scanned_shape[1] for shape in cascade.scanned[1:])
     assert max(scanned_shape) <= rules.FACE_MAX_LONG_SIDE_PX
 
 
