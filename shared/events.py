@@ -113,7 +113,8 @@ class TaskEvent(BaseModel):
         """The event for the write that turned `before` into `after`, None when nothing it reports changed."""
         old_stages = {name: (state, attempts) for name, state, attempts in before.stages}
         changed = None
-        for entry in after.subtasks if before.stages else ():  # a new task: no stage has changed yet
+        # The last stage that changed: a stage's start also records the earlier stages' ends, and says more.
+        for entry in reversed(after.subtasks) if before.stages else ():  # a new task: no stage has changed yet
             if old_stages.get(entry.name) != (entry.state, entry.attempts):
                 changed = entry
                 break

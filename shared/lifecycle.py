@@ -8,11 +8,12 @@ and its stored objects removed.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 
 from shared.blobs import discard_task_blobs
-from shared.messages import work_stream
+from shared.messages import Stage, work_stream
 from shared.nats import Topology
-from shared.state import TaskState, TaskStatus
+from shared.state import TaskState, TaskStatus, format_time
 from shared.tasks import TaskStore
 
 
@@ -32,15 +33,18 @@ async def end_task(
     state: TaskState,
     reason: str,
     still_wanted: Callable[[TaskStatus], bool] = lambda status: True,
+    waiting_in: tuple[Stage, datetime] | None = None,
 ) -> TaskStatus | None:
     """End a task in `state` unless `still_wanted` says otherwise at write time; None when not ended.
 
+    `waiting_in`: the stage whose queue holds its message, and when that was stored (see TaskStatus.end).
     Raises TaskFinishedError (already terminal) and TaskGoneError (deleted) from the state write.
     """
+    stage, since = waiting_in if waiting_in is not None else (None, None)
 
     def transition(status: TaskStatus) -> None:
         if still_wanted(status):
-            status.end(state, reason)
+            status.end(state, reason, stage, format_time(since) if since is not None else None)
 
     ended = await store.update(task_id, transition)
     if ended.state != state:

@@ -1,12 +1,13 @@
-"""The loop every pipeline stage runs: take -> handle() -> record -> publish next -> ack.
+"""The loop every pipeline stage runs: take -> record the start -> handle() -> publish next -> ack.
 
 A stage service only supplies `handle(job)`. This module owns what must be the same everywhere:
 state transitions with compare-and-set, the mapping of errors to acknowledgements, in-progress
 acks while a handler makes progress, retries with backoff, dead letters, clean-up of a failed
 task's objects, and graceful shutdown.
 
-    success              -> state: stage SUCCESS, publish to the next stage (or the handler
-                            finished the task), then msg.ack()
+    success              -> publish to the next stage (or the handler finished the task), then
+                            msg.ack(); the next stage's start records this one's end (one state
+                            write per stage, not two)
     RetryableError/bug   -> msg.nak(backoff) while attempts remain, else FAILURE
     PermanentError       -> FAILURE at once
     FAILURE              -> copy to the dead-letter stream, remove the task's objects, msg.ack()
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import structlog
@@ -36,10 +38,11 @@ from shared.messages import Stage, TaskMessage, next_stage, work_subject
 from shared.metrics import WorkerMetrics
 from shared.nats import Topology
 from shared.puller import PriorityPuller
-from shared.state import StageAlreadyDoneError, TaskFinishedError, TaskState
+from shared.state import StageAlreadyDoneError, TaskFinishedError, format_time
 from shared.tasks import TaskGoneError, TaskStore
 
 log = structlog.get_logger()
+REMEMBERED_FINISHED = 4096
 
 
 def backoff_s(attempt: int, base_s: float, cap_s: float = MAX_BACKOFF_S) -> float:
@@ -82,6 +85,9 @@ class StageRunner:
         self.store = TaskStore.of(topology)
         self.counters = StageCounters()
         self.in_flight: dict[str, asyncio.Event] = {}  # task_id -> set when this process's run of it ends
+        # task_id -> run, for the tasks whose stage this process finished lately: a redelivery of one is
+        # done work (no state write says so yet: the next stage's start records it).
+        self._finished: OrderedDict[str, int] = OrderedDict()
         self.metrics = metrics  # the process's /metrics (shared/metrics.py); None in tests that need none
         if metrics is not None:
             metrics.watch_in_flight(stage.value, lambda: len(self.in_flight))
@@ -127,6 +133,11 @@ class StageRunner:
             return
         with structlog.contextvars.bound_contextvars(task_id=task.task_id, stage=self.stage.value):
             await self._after_own_run(msg, task.task_id)
+            if await self._finished_here(task.task_id):
+                await msg.ack()
+                self.counters.dropped += 1
+                log.info("task_dropped", reason="this process finished this stage of the task's run already")
+                return
             started = time.monotonic()
             self.in_flight[task.task_id] = run_ended = asyncio.Event()
             try:
@@ -168,6 +179,20 @@ class StageRunner:
                 except Exception as exc:
                     log.warning("in_progress_failed", error=str(exc))
 
+    async def _finished_here(self, task_id: str) -> bool:
+        """Whether this process finished this stage of the task's current run (rare: a redelivery)."""
+        run = self._finished.get(task_id)
+        if run is None:
+            return False
+        status = await self.store.get(task_id)
+        return status is not None and status.run == run
+
+    def _remember_finished(self, task_id: str, run: int) -> None:
+        self._finished[task_id] = run
+        self._finished.move_to_end(task_id)
+        if len(self._finished) > REMEMBERED_FINISHED:
+            self._finished.popitem(last=False)
+
     @property
     def _keepalive_s(self) -> float:
         """How often a message in hand is marked in progress: well within the ack wait and the stall limit."""
@@ -175,8 +200,12 @@ class StageRunner:
 
     async def _process(self, msg: Msg, task: TaskMessage) -> str:
         attempt = msg.metadata.num_delivered or 1
+        stored = msg.metadata.timestamp
+        queued_since = format_time(stored) if stored is not None else None
         try:
-            status = await self.store.update(task.task_id, lambda s: s.start_stage(self.stage, self.worker_id, task))
+            status = await self.store.update(
+                task.task_id, lambda s: s.start_stage(self.stage, self.worker_id, task, queued_since)
+            )
         except (TaskGoneError, TaskFinishedError, StageAlreadyDoneError) as exc:
             return await self._drop(msg, task, exc)
         job = Job(task=task, status=status, attempt=attempt, stage=self.stage, store=self.store)
@@ -197,24 +226,18 @@ class StageRunner:
         except Exception as exc:
             log.exception("handler_bug", error=repr(exc))
             return await self._retry(msg, task, f"internal error: {exc!r}", None, attempt)
-        try:
-            following = next_stage(self.stage)
-            if following is not None and result is not None:
-                # Publish first, record second: a crash in between redelivers this message, which
-                # runs the stage again and publishes a duplicate the stream drops (same message id).
-                # Once the stage is recorded as done, a redelivery is dropped without running.
-                await self.topology.js.publish(
-                    work_subject(task.priority, following, task.task_id),
-                    result.pack(),
-                    headers={"Nats-Msg-Id": f"{task.task_id}.{following.value}.run{job.status.run}"},
-                )
-                await self.store.update(task.task_id, lambda s: s.finish_stage(self.stage, result))
-        except TaskFinishedError as exc:
-            if exc.state != TaskState.SUCCESS:
-                return await self._drop(msg, task, exc)
-            # The next stages finished the task before this one's record landed: its work was done and used.
-        except TaskGoneError as exc:
-            return await self._drop(msg, task, exc)
+        following = next_stage(self.stage)
+        if following is not None and result is not None:
+            # Not recorded in the task's state: the next stage's start records this one's end, as of when
+            # the message below was stored. A crash before the ack redelivers this message, which runs the stage
+            # again and publishes a duplicate the stream drops (same message id); once the next stage has
+            # started, a redelivery is dropped without running.
+            await self.topology.js.publish(
+                work_subject(task.priority, following, task.task_id),
+                result.pack(),
+                headers={"Nats-Msg-Id": f"{task.task_id}.{following.value}.run{job.status.run}"},
+            )
+        self._remember_finished(task.task_id, job.status.run)
         await msg.ack()
         self.counters.succeeded += 1
         return "success"

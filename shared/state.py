@@ -2,13 +2,16 @@
 
 State machine (overall `state`):
 
-    PENDING --fetcher takes it--> RECEIVED --input fetched and valid--> STARTED --uploaded--> SUCCESS
+    PENDING --fetcher takes it--> RECEIVED --classifier takes it--> STARTED --uploaded--> SUCCESS
        |                             |                                     |
        +-----------------------------+------------ any stage fails ------->+--> FAILURE
        +--- waited in a queue past TM_QUEUE_TIMEOUT_S ---> TIMEOUT          (terminal states
        +--- revoked by a client -------------------------> REVOKED           never change again)
 
-Each stage also keeps its own entry in `subtasks` (name, state, worker, times, attempts).
+Each stage also keeps its own entry in `subtasks` (name, state, worker, times, attempts). A stage's
+start is written when a worker takes it, its end when the next stage starts (as of when the stage
+published the next message): one write per stage. So STARTED (input fetched and valid) is written when
+the classifier takes the task, dated when the fetcher finished.
 The transition methods mutate a copy that the store then writes with compare-and-set.
 """
 
@@ -20,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.messages import PIPELINE, SCHEMA_VERSION, TASK_NAME, Classification, Stage, TaskMessage, next_stage
+from shared.messages import PIPELINE, SCHEMA_VERSION, TASK_NAME, Classification, Stage, TaskMessage
 
 
 class TaskState(StrEnum):
@@ -50,8 +53,11 @@ STAGE_WEIGHTS: dict[Stage, float] = {
 
 def utc_now(plus_s: float = 0.0) -> str:
     """Current time (plus `plus_s`) as an ISO-8601 UTC timestamp ending in Z, like the API reference shows."""
-    moment = datetime.now(UTC) + timedelta(seconds=plus_s)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return format_time(datetime.now(UTC) + timedelta(seconds=plus_s))
+
+
+def format_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_time(value: str) -> datetime:
@@ -150,52 +156,47 @@ class TaskStatus(BaseModel):
         if self.state.terminal:
             raise TaskFinishedError(self.state)
 
-    def start_stage(self, stage: Stage, worker_id: str, message: TaskMessage | None = None) -> None:
+    def start_stage(
+        self, stage: Stage, worker_id: str, message: TaskMessage | None = None, queued_since: str | None = None
+    ) -> None:
         """A worker took the task's message for `stage` (again, on a redelivery).
 
-        The message exists only because every earlier stage finished: one whose own record has not
-        landed yet (it publishes before it records) is recorded done here, with what `message` carries.
+        The message exists only because every earlier stage finished, and a stage does not record its own
+        finish (one write per stage, not two): the earlier stages are recorded done here, with what
+        `message` carries, as of `queued_since` (when the message was stored: the previous stage's end).
         """
         self._require_open()
         entry = self.subtask(stage)
         if entry.state == TaskState.SUCCESS:
             raise StageAlreadyDoneError(f"{stage.value} already succeeded")
+        now = utc_now()
+        for earlier in PIPELINE[: PIPELINE.index(stage)]:
+            if self.subtask(earlier).state != TaskState.SUCCESS:
+                self._record_done(earlier, message, queued_since or now)
+        if entry.queued_at is None:
+            entry.queued_at = queued_since or now
         entry.state = TaskState.STARTED
         entry.worker_id = worker_id
-        entry.started_at = utc_now()
+        entry.started_at = now
         entry.attempts += 1
         if self.state == TaskState.PENDING:
             self.state = TaskState.RECEIVED
             self.received_at = entry.started_at
-        for earlier in PIPELINE[: PIPELINE.index(stage)]:
-            if self.subtask(earlier).state != TaskState.SUCCESS:
-                self._record_done(earlier, message)
         self.progress = max(self.progress, stage_progress(stage, 0.0))
 
     def report_progress(self, stage: Stage, fraction: float) -> None:
         self._require_open()
         self.progress = max(self.progress, stage_progress(stage, fraction))
 
-    def finish_stage(self, stage: Stage, outcome: TaskMessage | None = None) -> None:
-        """`stage` succeeded; the task moves on to the next stage's queue with `outcome`."""
-        self._require_open()
-        if self.subtask(stage).state == TaskState.SUCCESS:  # the next stage started first and recorded it
-            self._apply(outcome)
-            return
-        self._record_done(stage, outcome)
-        following = next_stage(stage)
-        if following is not None:
-            self.subtask(following).queued_at = self.subtask(stage).completed_at
-
-    def _record_done(self, stage: Stage, outcome: TaskMessage | None) -> None:
+    def _record_done(self, stage: Stage, outcome: TaskMessage | None, at: str) -> None:
         self._apply(outcome)
         entry = self.subtask(stage)
         entry.state = TaskState.SUCCESS
-        entry.completed_at = utc_now()
+        entry.completed_at = at
         entry.error = None
         if self.state == TaskState.RECEIVED:
             self.state = TaskState.STARTED
-            self.started_at = entry.completed_at
+            self.started_at = at
         self.progress = max(self.progress, stage_progress(stage, 1.0))
 
     def _apply(self, outcome: TaskMessage | None) -> None:
@@ -211,14 +212,17 @@ class TaskStatus(BaseModel):
         entry.error = error
         entry.queued_at = utc_now(delay_s)
 
-    def waiting(self) -> Subtask | None:
-        """The stage whose queue the task waits in, or None when a worker holds it or it is finished."""
-        if self.state.terminal or any(s.state == TaskState.STARTED for s in self.subtasks):
+    def queued_since(self, stage: Stage, arrived: datetime) -> datetime | None:
+        """Since when the task waits in `stage`'s queue, its message there stored at `arrived`; None when it
+        does not wait there (ended, or the stage is in a worker's hands or done).
+
+        An earlier stage may still read STARTED: its end is recorded when this stage starts, and the
+        message proves it. A retried stage waits from its retry's due time, not from the message's arrival.
+        """
+        if self.state.terminal or self.subtask(stage).state != TaskState.PENDING:
             return None
-        for entry in self.subtasks:
-            if entry.state == TaskState.PENDING:
-                return entry if entry.queued_at else None
-        return None
+        queued_at = self.subtask(stage).queued_at
+        return max(arrived, parse_time(queued_at)) if queued_at else arrived
 
     def reopen(self) -> None:
         """Run the task again from the first stage (dead-letter replay): a new run of the same task."""
@@ -253,9 +257,17 @@ class TaskStatus(BaseModel):
         self.error = error
         self.completed_at = now
 
-    def end(self, state: TaskState, error: str) -> None:
-        """Terminal states decided outside the stages: TIMEOUT and REVOKED."""
+    def end(self, state: TaskState, error: str, waiting_in: Stage | None = None, since: str | None = None) -> None:
+        """Terminal states decided outside the stages: TIMEOUT and REVOKED.
+
+        `waiting_in`: the stage whose queue holds the task's message, stored at `since`; the stages before
+        it are recorded done (their ends are otherwise written when that stage starts).
+        """
         self._require_open()
+        if waiting_in is not None:
+            for earlier in PIPELINE[: PIPELINE.index(waiting_in)]:
+                if self.subtask(earlier).state != TaskState.SUCCESS:
+                    self._record_done(earlier, None, since or utc_now())
         self.state = state
         self.error = error
         self.completed_at = utc_now()

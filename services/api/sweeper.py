@@ -109,8 +109,8 @@ class Sweeper:
             # the max-deliveries advisory was missed (e.g. while the lease changed hands).
             await self.dead_letter_undeliverable(raw, status.subtask(Stage(stage_name)).attempts)
             return
-        waiting = status.waiting()
-        if waiting is None or waiting.name != Stage(stage_name) or not self._overdue(waiting.queued_at):
+        arrived = raw.time or datetime.now(UTC)
+        if not self._overdue(status, Stage(stage_name), arrived):
             return
         try:
             ended = await end_task(
@@ -119,7 +119,8 @@ class Sweeper:
                 task_id,
                 TaskState.TIMEOUT,
                 f"waited more than {self.settings.queue_timeout_s:g} s in the {stage_name} queue",
-                still_wanted=lambda s: self._still_overdue(s, Stage(stage_name)),
+                still_wanted=lambda s: self._overdue(s, Stage(stage_name), arrived),
+                waiting_in=(Stage(stage_name), arrived),
             )
         except (TaskFinishedError, TaskGoneError):
             return
@@ -144,14 +145,10 @@ class Sweeper:
         silent_s = (datetime.now(UTC) - parse_time(entry.started_at)).total_seconds()
         return silent_s > 2 * self.settings.ack_wait_s + self.settings.stall_timeout_s
 
-    def _overdue(self, queued_at: str | None) -> bool:
-        if queued_at is None:
-            return False
-        return datetime.now(UTC) - parse_time(queued_at) > timedelta(seconds=self.settings.queue_timeout_s)
-
-    def _still_overdue(self, status: TaskStatus, stage: Stage) -> bool:
-        waiting = status.waiting()
-        return waiting is not None and waiting.name == stage and self._overdue(waiting.queued_at)
+    def _overdue(self, status: TaskStatus, stage: Stage, arrived: datetime) -> bool:
+        """Whether the task waits in `stage`'s queue (its message there stored at `arrived`) past the timeout."""
+        since = status.queued_since(stage, arrived)
+        return since is not None and datetime.now(UTC) - since > timedelta(seconds=self.settings.queue_timeout_s)
 
     async def _follow_advisories(self, on: bool) -> None:
         if on and self._advisories is None:

@@ -36,8 +36,12 @@ async def test_the_stream_shows_every_change_in_order_and_ends_with_success(
         assert ids == sorted(set(ids))  # stream sequences, each once, in order
         revisions = [e.data["revision"] for e in events]
         assert revisions == sorted(set(revisions))
-        upscaling = [e.data.get("stage_state") for e in events if e.data.get("stage") == "upscale"]
-        assert upscaling[-1] == "SUCCESS"
+        # One write, so one event, per stage start; each also records the stage before it done.
+        started = [e.data["stage"] for e in events if e.data.get("stage_state") == "STARTED"]
+        assert started == ["fetch", "classify", "upscale", "upload"], [e.data for e in events]
+        assert len(events) == 6, [e.data for e in events]
+        final = (await api.get(f"/api/v1/tasks/{task_id}")).json()
+        assert [s["state"] for s in final["subtasks"]] == ["SUCCESS"] * 4
 
         # Resuming from the third event replays exactly what followed it.
         resume = {"Last-Event-ID": events[2].id or ""}

@@ -4,14 +4,14 @@ queued task, and health while NATS is down."""
 from __future__ import annotations
 
 import asyncio
-import json
 
 import httpx
 import nats
 import pytest
+from nats.aio.msg import Msg
 from nats.js.errors import NoKeysError
 
-from shared.messages import TASKS_BUCKET, work_stream
+from shared.messages import TASKS_BUCKET, Stage, queued_filter, work_stream
 from tests.e2e.images import photo
 from tests.servers import NatsServer, StaticHTTPServer
 from tests.system import System, wait_terminal
@@ -31,25 +31,32 @@ async def submit_many(api: httpx.AsyncClient, source: str, bucket: str, priority
     return ids
 
 
-async def wait_stage_done(nats_url: str, task_ids: list[str], stage: str, timeout_s: float = 60) -> None:
-    """Until every task has finished `stage`, watching their KV entries (no polling)."""
-    nc = await nats.connect(nats_url)
-    try:
-        kv = await nc.jetstream().key_value(TASKS_BUCKET)
-        watcher = await kv.watchall()
-        waiting = set(task_ids)
+class QueueWatch:
+    """The tasks whose message reached one stage's queue since the watch began (the workers' doorbell:
+    the work streams' republished copies); enter it before the tasks can get there."""
+
+    def __init__(self, nats_url: str, stage: Stage) -> None:
+        self.nats_url, self.stage = nats_url, stage
+        self.arrived: set[str] = set()
+        self._changed = asyncio.Event()
+
+    async def __aenter__(self) -> QueueWatch:
+        self._nc = await nats.connect(self.nats_url)
+        await self._nc.subscribe(queued_filter(self.stage), cb=self._on_queued)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self._nc.close()
+
+    async def _on_queued(self, msg: Msg) -> None:
+        self.arrived.add(msg.subject.rsplit(".", 1)[-1])
+        self._changed.set()
+
+    async def wait(self, task_ids: list[str], timeout_s: float = 60) -> None:
         async with asyncio.timeout(timeout_s):
-            async for entry in watcher:
-                if entry is None or not entry.value or entry.key not in waiting:
-                    continue
-                subtasks = {s["name"]: s["state"] for s in json.loads(entry.value)["subtasks"]}
-                if subtasks[stage] == "SUCCESS":
-                    waiting.discard(entry.key)
-                if not waiting:
-                    break
-        await watcher.stop()
-    finally:
-        await nc.close()
+            while not set(task_ids) <= self.arrived:
+                self._changed.clear()
+                await self._changed.wait()
 
 
 async def test_high_priority_overtakes_a_backlog_at_the_first_stage(
@@ -73,11 +80,14 @@ async def test_high_priority_overtakes_a_backlog_at_the_upscale_stage(
 ) -> None:
     source = http_server.add("prio2.png", photo(size=(24, 24)))
     await own_system.start("api", "fetcher", "classifier")
-    async with httpx.AsyncClient(base_url=own_system.api_url) as api:
+    async with (
+        httpx.AsyncClient(base_url=own_system.api_url) as api,
+        QueueWatch(own_system.nats_url, Stage.UPSCALE) as q,
+    ):
         low = await submit_many(api, source, s3_bucket, priority=2, count=6)
-        await wait_stage_done(own_system.nats_url, low, "classify")  # all six wait for an upscaler
+        await q.wait(low)  # all six wait for an upscaler
         high = await submit_many(api, source, s3_bucket, priority=8, count=1)
-        await wait_stage_done(own_system.nats_url, high, "classify")
+        await q.wait(high)
     await own_system.start("upscaler", "uploader")
 
     finals = await wait_terminal(own_system.nats_url, low + high, timeout_s=120)

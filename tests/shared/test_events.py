@@ -38,9 +38,10 @@ def test_each_kind_of_write_reports_what_changed() -> None:
     again = step(status, lambda s: s.start_stage(Stage.FETCH, "w"), 4)
     assert again is not None and again.kind == EventKind.STAGE and again.attempts == 2
 
-    fetched = step(status, lambda s: s.finish_stage(Stage.FETCH, TaskMessage.model_construct()), 5)
+    # The classifier's start also records the fetch's end: the event names the stage that started.
+    fetched = step(status, lambda s: s.start_stage(Stage.CLASSIFY, "w", TaskMessage.model_construct()), 5)
     assert fetched is not None and fetched.kind == EventKind.STATE and fetched.state == "STARTED"
-    assert fetched.stage_state == "SUCCESS"
+    assert (fetched.stage, fetched.stage_state, fetched.previous_stage_state) == (Stage.CLASSIFY, "STARTED", "PENDING")
 
     moved = step(status, lambda s: s.report_progress(Stage.UPSCALE, 0.5), 6)
     assert moved is not None and moved.kind == EventKind.PROGRESS and moved.stage is None
@@ -66,7 +67,7 @@ async def test_the_store_publishes_one_event_per_change_with_revision_ids(topolo
     await store.create(TaskStatus.new("ev"))
     await store.update("ev", lambda s: s.start_stage(Stage.FETCH, "w"))
     await store.update("ev", lambda s: s.report_progress(Stage.FETCH, 0.5))
-    await store.update("ev", lambda s: s.finish_stage(Stage.FETCH))
+    await store.update("ev", lambda s: s.start_stage(Stage.CLASSIFY, "w"))
     await store.update("ev", lambda s: s.fail("broken", Stage.CLASSIFY))
 
     msgs = await changes(topology, "ev", 5)

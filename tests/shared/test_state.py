@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shared.messages import Category, Classification, Stage, TaskMessage
-from shared.state import StageAlreadyDoneError, TaskFinishedError, TaskState, TaskStatus, stage_progress
+from shared.state import StageAlreadyDoneError, TaskFinishedError, TaskState, TaskStatus, parse_time, stage_progress
 
 
 def new_status() -> TaskStatus:
@@ -23,45 +23,58 @@ def test_happy_path_moves_received_started_success() -> None:
     status = new_status()
     status.start_stage(Stage.FETCH, "w1")
     assert status.state == TaskState.RECEIVED and status.received_at
-    status.finish_stage(Stage.FETCH)
-    assert status.state == TaskState.STARTED and status.started_at
+    assert status.subtask(Stage.FETCH).state == TaskState.STARTED
+    # A stage does not record its own end: the next one's start does, dated when its message was stored.
+    status.start_stage(Stage.CLASSIFY, "w2", queued_since="2026-01-01T00:00:01.000Z")
+    assert status.state == TaskState.STARTED and status.started_at == "2026-01-01T00:00:01.000Z"
+    assert status.subtask(Stage.FETCH).state == TaskState.SUCCESS
+    assert status.subtask(Stage.FETCH).completed_at == status.subtask(Stage.CLASSIFY).queued_at == status.started_at
     classification = Classification(category=Category.PHOTO, width=4, height=2, aspect_ratio=2.0)
     outcome = TaskMessage(task_id="t1", input_url="a", output_url="b", submitted_at="x", classification=classification)
-    status.start_stage(Stage.CLASSIFY, "w2")
-    status.finish_stage(Stage.CLASSIFY, outcome)
+    status.start_stage(Stage.UPSCALE, "w3", outcome)
     assert status.classification == classification
+    status.start_stage(Stage.UPLOAD, "w4", outcome)
     status.succeed({"ok": True})
     assert status.state == TaskState.SUCCESS and status.progress == 1.0 and status.completed_at
+    assert [s.state for s in status.subtasks] == [TaskState.SUCCESS] * 4
 
 
-def test_a_next_stage_that_starts_first_records_the_earlier_ones_done() -> None:
-    # Stages publish before they record: the next stage can take the message (and even end the task)
-    # before the previous stage's own record lands. The final record must still say every stage succeeded.
+def test_a_later_stage_records_every_earlier_one_done() -> None:
+    # A stage's message exists only because every earlier stage finished, whatever the state says.
     status = new_status()
     status.start_stage(Stage.FETCH, "w1")
-    status.finish_stage(Stage.FETCH)
-    status.start_stage(Stage.CLASSIFY, "w2")
     classification = Classification(category=Category.ANIME, width=4, height=2, aspect_ratio=2.0)
     message = TaskMessage(task_id="t1", input_url="a", output_url="b", submitted_at="x", classification=classification)
-    status.start_stage(Stage.UPSCALE, "w3", message)  # classify's record has not landed yet
+    status.start_stage(Stage.UPSCALE, "w3", message)  # classify's start was never recorded (its write failed)
     classify = status.subtask(Stage.CLASSIFY)
     assert classify.state == TaskState.SUCCESS and classify.completed_at
     assert status.classification == classification and status.state == TaskState.STARTED
-    upscale_started = status.subtask(Stage.UPSCALE).started_at
-    status.finish_stage(Stage.CLASSIFY, message)  # the late record changes nothing more
-    assert status.subtask(Stage.UPSCALE).state == TaskState.STARTED
-    assert status.subtask(Stage.UPSCALE).started_at == upscale_started
     status.start_stage(Stage.UPLOAD, "w4", message.model_copy(update={"worker_type": "gpu"}))
     status.succeed({"ok": True})
     assert [s.state for s in status.subtasks] == [TaskState.SUCCESS] * 4 and status.worker_type == "gpu"
     with pytest.raises(TaskFinishedError):
-        status.finish_stage(Stage.UPSCALE)  # what the upscaler's late record meets: counted as done
+        status.start_stage(Stage.UPSCALE, "w3")  # a late redelivery meets the ended task
+
+
+def test_a_task_waits_in_a_queue_from_its_message_or_its_retry() -> None:
+    stored = parse_time("2026-01-01T00:00:05.000Z")
+    status = new_status()
+    status.start_stage(Stage.FETCH, "w1")
+    # The fetcher published the classify message but its end is not recorded: the task waits in classify.
+    assert status.queued_since(Stage.CLASSIFY, stored) == stored
+    assert status.queued_since(Stage.FETCH, stored) is None  # in a worker's hands
+    status.start_stage(Stage.CLASSIFY, "w2", queued_since="2026-01-01T00:00:05.000Z")
+    assert status.queued_since(Stage.CLASSIFY, stored) is None
+    status.retry_stage(Stage.CLASSIFY, "busy", delay_s=0)
+    retried = status.queued_since(Stage.CLASSIFY, stored)
+    assert retried is not None and retried > stored  # waits from the retry's due time
+    status.end(TaskState.REVOKED, "revoked")
+    assert status.queued_since(Stage.CLASSIFY, stored) is None
 
 
 def test_progress_never_goes_backwards() -> None:
     status = new_status()
     status.start_stage(Stage.FETCH, "w")
-    status.finish_stage(Stage.FETCH)
     status.start_stage(Stage.UPSCALE, "w")
     status.report_progress(Stage.UPSCALE, 0.5)
     high = status.progress
@@ -84,7 +97,7 @@ def test_terminal_states_refuse_every_later_transition(end: str) -> None:
         status.end(TaskState.TIMEOUT if end == "timeout" else TaskState.REVOKED, end)
     for attempt in (
         lambda: status.start_stage(Stage.FETCH, "w"),
-        lambda: status.finish_stage(Stage.FETCH),
+        lambda: status.start_stage(Stage.UPLOAD, "w"),
         lambda: status.report_progress(Stage.UPSCALE, 0.9),
         lambda: status.succeed({}),
         lambda: status.fail("again"),
