@@ -144,7 +144,15 @@ async def replay_dead(js: JetStreamContext, store: TaskStore, seq: int) -> str:
         status = await store.update(dead.task_id, lambda s: s.reopen())
     except TaskGoneError as exc:
         raise LookupError(f"task {dead.task_id} was deleted; nothing to replay") from exc
-    first = dead.message.model_copy(update={"input_image": None, "output_image": None, "stored_objects": []})
+    first = dead.message.model_copy(
+        update={
+            "input_image": None,
+            "output_image": None,
+            "stored_objects": [],
+            "state_hint": None,
+            "state_revision": None,
+        }
+    )
     await js.publish(
         work_subject(dead.message.priority, PIPELINE[0], dead.task_id),
         first.pack(),

@@ -33,7 +33,7 @@ class Job:
         """Record progress inside this stage; raises TaskFinishedError if the task was ended meanwhile."""
         self.touch()
         if fraction >= 1.0:
-            return  # the stage's finish write follows at once and marks its share done
+            return  # the next stage's start follows at once and marks this stage's share done
         now = time.monotonic()
         if now - self._last_progress_s < min_interval_s:
             return

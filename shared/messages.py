@@ -166,6 +166,10 @@ class TaskMessage(BaseModel):
     input_image: bytes | None = None  # the fetched bytes, when small enough to travel here (to the upscaler)
     output_image: bytes | None = None  # the upscaled bytes, likewise (to the uploader)
     stored_objects: list[str] = Field(default_factory=list)  # object-store names holding this task's images
+    # The task's state as the stage before last wrote it, and that write's KV revision: the next stage's
+    # compare-and-set tries it instead of reading the entry first (a stale one fails and is read afresh).
+    state_hint: str | None = None
+    state_revision: int | None = None
 
     def pack(self) -> bytes:
         # Bytes as msgpack binaries, not JSON strings: the images cost their size and no encoding.
@@ -175,7 +179,7 @@ class TaskMessage(BaseModel):
 
     def summary(self) -> dict[str, Any]:
         """The message as JSON-ready fields, each carried image as its size (for people and logs)."""
-        fields = self.model_dump(mode="json", exclude_none=True, exclude=_IMAGES)
+        fields = self.model_dump(mode="json", exclude_none=True, exclude=_IMAGES | {"state_hint"})
         fields.update({f"{name}_bytes": len(value) for name in _IMAGES if (value := getattr(self, name)) is not None})
         return fields
 

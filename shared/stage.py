@@ -202,6 +202,8 @@ class StageRunner:
         attempt = msg.metadata.num_delivered or 1
         stored = msg.metadata.timestamp
         queued_since = format_time(stored) if stored is not None else None
+        if task.state_hint is not None and task.state_revision is not None:
+            self.store.remember(task.task_id, task.state_hint.encode(), task.state_revision)
         try:
             status = await self.store.update(
                 task.task_id, lambda s: s.start_stage(self.stage, self.worker_id, task, queued_since)
@@ -232,6 +234,9 @@ class StageRunner:
             # the message below was stored. A crash before the ack redelivers this message, which runs the stage
             # again and publishes a duplicate the stream drops (same message id); once the next stage has
             # started, a redelivery is dropped without running.
+            written = self.store.last_written(task.task_id)
+            if written is not None:
+                result = result.model_copy(update={"state_hint": written[0].decode(), "state_revision": written[1]})
             await self.topology.js.publish(
                 work_subject(task.priority, following, task.task_id),
                 result.pack(),

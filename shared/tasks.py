@@ -15,9 +15,10 @@ A writer killed between the terminal state write and those publishes leaves a ta
 events. Whoever meets such a task later (a redelivered message, the sweeper) calls `ensure_event`,
 which looks for the marker and publishes what is missing under the same message ids.
 
-A store remembers the last value it wrote for a task, so its next write to that task (a stage's
-finish after its start) tries the compare-and-set on that value first and reads only on a conflict:
-one KV get fewer per write, with the same guarantee (the revision decides).
+A store remembers the last value it wrote for a task, so its next write to that task (a progress
+report after a stage's start) tries the compare-and-set on that value first and reads only on a
+conflict: one KV get fewer per write, with the same guarantee (the revision decides). A stage hands
+the value it wrote to the next stage in the work message (`state_hint`), which remembers it the same way.
 """
 
 from __future__ import annotations
@@ -85,6 +86,17 @@ class TaskStore:
     @classmethod
     def of(cls, topology: Topology) -> TaskStore:
         return cls(topology.tasks, topology.js, topology.nc)
+
+    def last_written(self, task_id: str) -> tuple[bytes, int] | None:
+        """The value and revision this store last wrote for a task, while it remembers them."""
+        return self._written.get(task_id)
+
+    def remember(self, task_id: str, value: bytes, revision: int) -> None:
+        """Take `value` at `revision` as the task's entry for the next update's first compare-and-set (a
+        value another store wrote, handed over in a message); a stale one costs a conflict and a read."""
+        self._written[task_id] = (value, revision)
+        if len(self._written) > REMEMBERED_WRITES:
+            self._written.popitem(last=False)
 
     async def create(self, status: TaskStatus) -> int:
         """Store a new task; fails if the id exists (ids are UUIDs, so that is a bug)."""

@@ -373,3 +373,38 @@ async def test_a_server_chosen_delay_is_capped(topology: Topology, settings: Set
     assert status is not None
     queued_at = status.subtask(Stage.FETCH).queued_at
     assert queued_at is not None and parse_time(queued_at) - before <= timedelta(seconds=1.5)
+
+
+async def queued_message(topology: Topology, stage: Stage, task_id: str, priority: int = 5) -> TaskMessage:
+    raw = await topology.js.get_last_msg(work_stream(priority), work_subject(priority, stage, task_id))
+    return TaskMessage.unpack(raw.data or b"")
+
+
+@pytest.mark.parametrize("hint", ["none", "current", "stale"])
+async def test_the_state_a_stage_wrote_rides_to_the_next_and_a_stale_one_is_read_afresh(
+    topology: Topology, settings: Settings, hint: str
+) -> None:
+    store = TaskStore.of(topology)
+    created = TaskStatus.new("hint")
+    revision = await store.create(created)
+    if hint != "none":  # what the API hands the first stage; "stale": the entry changed since
+        if hint == "stale":
+            await store.update("hint", lambda s: s.report_progress(Stage.FETCH, 0.5))
+        message = TaskMessage(
+            task_id="hint", input_url="i", output_url="o", submitted_at="t",
+            state_hint=created.to_json().decode(), state_revision=revision,
+        )  # fmt: skip
+    else:
+        message = TaskMessage(task_id="hint", input_url="i", output_url="o", submitted_at="t")
+    await topology.js.publish(work_subject(5, Stage.FETCH, "hint"), message.pack())
+
+    async def handle(job: Job) -> TaskMessage:
+        return job.task
+
+    await run_until(topology, settings, handle, lambda r: r.counters.succeeded == 1)
+    entry = await topology.tasks.get("hint")
+    status = TaskStatus.from_json(entry.value or b"")
+    assert status.subtask(Stage.FETCH).attempts == 1 and status.state == "RECEIVED"
+    assert status.progress == (0.05 if hint == "stale" else 0.0)  # the stale hint's progress was not lost
+    handed = await queued_message(topology, Stage.CLASSIFY, "hint")
+    assert handed.state_revision == entry.revision and handed.state_hint == (entry.value or b"").decode()

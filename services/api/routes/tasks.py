@@ -7,7 +7,7 @@ import contextlib
 import re
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import structlog
 from fastapi import APIRouter, Depends, Header, HTTPException, status
@@ -26,6 +26,7 @@ from shared.netguard import AddressPolicy
 from shared.state import TaskStatus
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
+T = TypeVar("T")
 log = structlog.get_logger()
 FAILOVER_WAIT_S = 10.0
 CANONICAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -45,14 +46,13 @@ TASK_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _through_failover(step: Callable[[], Awaitable[object]]) -> None:
+async def _through_failover(step: Callable[[], Awaitable[T]]) -> T:
     """Retry a write the stream certainly did not store (no leader during an election, ~5-8 s on
     a 3-node cluster), so clients do not see a failover; anything else propagates (503)."""
     deadline = asyncio.get_running_loop().time() + FAILOVER_WAIT_S
     while True:
         try:
-            await step()
-            return
+            return await step()
         except (NoStreamResponseError, ServiceUnavailableError):
             if asyncio.get_running_loop().time() > deadline:
                 raise
@@ -135,11 +135,13 @@ async def submit_task(
     )
     updates = await ctx.topology.nc.subscribe(f"$KV.{TASKS_BUCKET}.{task_id}") if body.sync else None
     try:
-        await _through_failover(lambda: ctx.store.create(record))
+        revision = await _through_failover(lambda: ctx.store.create(record))
+        # The entry as written rides along: the fetcher's start writes on it without reading it first.
+        first = message.model_copy(update={"state_hint": record.to_json().decode(), "state_revision": revision})
         await _through_failover(
             lambda: ctx.topology.js.publish(
                 work_subject(body.priority, PIPELINE[0], task_id),
-                message.pack(),
+                first.pack(),
                 headers={"Nats-Msg-Id": f"{task_id}.{PIPELINE[0].value}.run1"},
             )
         )
