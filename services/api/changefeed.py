@@ -36,6 +36,10 @@ class ChangeFeed:
         self._live = await self._nc.subscribe(live_changes_filter(self._task_id))
         return self
 
+    def caught_up(self) -> None:
+        """Stop reading stored events: the caller knows every later one comes live (it subscribed first)."""
+        self._replaying = False
+
     async def next(self, timeout_s: float) -> tuple[bytes, int]:
         assert self._live is not None, "open() first"
         if self._replaying:

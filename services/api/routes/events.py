@@ -1,7 +1,7 @@
 """A task's state changes as Server-Sent Events: GET /api/v1/tasks/{task_id}/events.
 
-The stream replays the task's change events from the TM_EVENTS stream (an ordered consumer filtered
-on task.changes.<task_id>.*), then follows live ones, and ends after the terminal one. Each event's
+The stream replays the task's change events stored in the TM_EVENTS stream, then follows live ones
+(services/api/changefeed.py), and ends after the terminal one. Each event's
 `id:` is its stream sequence, so a client that reconnects with `Last-Event-ID` (browsers' EventSource
 does it by itself) resumes after the last event it saw. A comment line every TM_EVENTS_KEEPALIVE_S
 keeps proxies from closing a quiet connection.
@@ -88,7 +88,9 @@ async def _ended(store: TaskStore, task_id: str) -> tuple[bool, bytes]:
     return True, frame(event.kind.value, event.to_json(), None) if event is not None else b""
 
 
-async def _follow(feed: ChangeFeed, store: TaskStore, opened: TaskStatus, keepalive_s: float) -> AsyncIterator[bytes]:
+async def _follow(
+    feed: ChangeFeed, store: TaskStore, opened: TaskStatus, opened_revision: int, keepalive_s: float
+) -> AsyncIterator[bytes]:
     task_id, last_revision = opened.task_id, 0
     try:
         yield b": events of task " + task_id.encode() + b"\n\n"  # the headers go out at once
@@ -111,6 +113,9 @@ async def _follow(feed: ChangeFeed, store: TaskStore, opened: TaskStatus, keepal
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("bad_change_event", task_id=task_id, sequence=sequence, error=repr(exc))
                 continue
+            if revision >= opened_revision:
+                # The feed subscribed before the entry was read: every later change arrives live.
+                feed.caught_up()
             if revision <= last_revision:
                 continue  # published late by an earlier writer: a later change was already sent
             last_revision = revision
@@ -135,11 +140,20 @@ async def task_events(
 ) -> StreamingResponse:
     """Stream a task's state changes (Server-Sent Events) until it ends."""
     after = resume_after(last_event_id)
-    found = await ctx.store.get(task_id) if valid_id(task_id) else None
-    if found is None:
+    if not valid_id(task_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"Task {task_id} not found")
+    # Subscribed before the entry is read, so every change after the revision read comes live; the
+    # stored ones are read back only until that revision's event (ChangeFeed.caught_up).
     feed = await ChangeFeed(ctx.topology.nc, task_id, after).open()
-    body = _follow(feed, ctx.store, found, ctx.settings.events_keepalive_s)
+    try:
+        found = await ctx.store.get_with_revision(task_id)
+    except BaseException:
+        await feed.close()
+        raise
+    if found is None:
+        await feed.close()
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"Task {task_id} not found")
+    body = _follow(feed, ctx.store, found[0], found[1], ctx.settings.events_keepalive_s)
     return StreamingResponse(
         body, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
