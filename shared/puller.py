@@ -5,15 +5,16 @@ message it is not about to work on. To avoid asking empty streams, the puller li
 no consumer) to the stage's work subjects: every JetStream publish rings that "doorbell", which
 marks its priority as worth asking. A message this process gave back with a delay (`note_retry`)
 marks its priority again when the delay is over. What comes back otherwise (another process's
-delayed nak, an expired ack deadline) is found by a full rescan every `rescan_s`, made by one of the
-process's slots, not by each of them: an idle stage process asks 11 empty streams once a rescan.
+delayed nak, an expired ack deadline) is found by a full rescan every `rescan_s`. The process's slots
+take turns: one asks and waits while the others queue behind it, so a message costs one pull request
+(a taken message that was its stream's last, by `num_pending`, leaves no empty ask behind it) and an
+idle stage process asks 11 empty streams once a rescan.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -39,7 +40,7 @@ class PriorityPuller:
         self._maybe_waiting: set[int] = set(PRIORITIES)
         self._wake = asyncio.Event()
         self._closed = False
-        self._last_rescan = time.monotonic()
+        self._turn = asyncio.Lock()
 
     async def start(self) -> None:
         self._doorbell = await self._nc.subscribe(queued_filter(self._stage), cb=self._on_ring)
@@ -97,26 +98,32 @@ class PriorityPuller:
         for priority in sorted(self._maybe_waiting, reverse=True):
             ring_before = self._ring_of[priority]
             msg = await self._take_from(priority)
+            unchanged = self._ring_of[priority] == ring_before  # no publish raced with the answer
             if msg is not None:
+                if msg.metadata.num_pending == 0 and unchanged:
+                    self._maybe_waiting.discard(priority)  # that was the last one: no empty ask after it
                 return msg
-            if self._ring_of[priority] == ring_before:  # no publish raced with the empty answer
+            if unchanged:
                 self._maybe_waiting.discard(priority)
         return None
 
     async def next(self) -> Msg | None:
-        """Wait for the next message; None once the puller is closed."""
-        while not self._closed:
-            self._wake.clear()
-            rings = self._rings
-            msg = await self.take()
-            if msg is not None:
-                return msg
-            if self._rings != rings or self._closed:
-                continue
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self._rescan_s)
-            except TimeoutError:
-                if time.monotonic() - self._last_rescan >= self._rescan_s:  # one slot rescans for all
-                    self._last_rescan = time.monotonic()
-                    self._maybe_waiting.update(PRIORITIES)
+        """Wait for the next message; None once the puller is closed.
+
+        One slot at a time asks and waits (the others queue for the turn): a ring wakes one asker, not
+        every idle slot, so a message costs one pull request, and a rescan is made once.
+        """
+        async with self._turn:
+            while not self._closed:
+                self._wake.clear()
+                rings = self._rings
+                msg = await self.take()
+                if msg is not None:
+                    return msg
+                if self._rings != rings or self._closed:
+                    continue
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._rescan_s)
+                except TimeoutError:
+                    self._maybe_waiting.update(PRIORITIES)  # what came back without a ring (see above)
         return None

@@ -50,6 +50,7 @@ class Sweeper:
         self.dead_lettered = 0
         self.events_restored = 0  # ended tasks found without their terminal event
         self._advisories: Subscription | None = None
+        self._next_look: dict[int, datetime] = {}  # priority -> when its stream can next hold an overdue message
 
     async def run(self) -> None:
         """Hold (or wait for) the lease and sweep while holding it, until cancelled."""
@@ -78,10 +79,21 @@ class Sweeper:
             await self.lease.release()
 
     async def sweep(self) -> None:
-        """One pass over every work stream's overdue messages."""
-        cutoff = datetime.now(UTC) - timedelta(seconds=self.settings.queue_timeout_s)
+        """One pass over every work stream's overdue messages.
+
+        A stream is looked at again only when a message in it can have become overdue: a stream found
+        empty, or whose oldest message is not overdue yet, cannot hold an overdue one before that
+        message's (or now's) time plus the timeout. A stream with candidates that stayed (in a
+        worker's hands, or waiting for a retry) is looked at every pass. An idle system thus asks
+        each stream once per timeout, not once a second.
+        """
+        timeout = timedelta(seconds=self.settings.queue_timeout_s)
+        now = datetime.now(UTC)
+        cutoff = now - timeout
         for priority in PRIORITIES:
-            seq = 1
+            if now < self._next_look.get(priority, now):
+                continue
+            seq, considered, next_look = 1, False, now + timeout
             while True:
                 try:
                     raw = await self.topology.js.get_msg(
@@ -90,9 +102,12 @@ class Sweeper:
                 except NotFoundError:
                     break
                 if raw.time is not None and raw.time > cutoff:
-                    break  # every later message arrived later still
+                    next_look = raw.time + timeout  # every later message arrived later still
+                    break
                 await self._consider(raw)
+                considered = True
                 seq = (raw.seq or seq) + 1
+            self._next_look[priority] = now if considered else next_look
 
     async def _consider(self, raw: RawStreamMsg) -> None:
         subject = raw.subject or ""
