@@ -228,10 +228,13 @@ async def test_edge_priorities_flow(topology: Topology, settings: Settings, prio
     assert await queued(topology, priority) == {f"tm.work.p{priority}.classify.p{priority}": 1}
 
 
-async def test_a_redelivered_message_of_a_finished_stage_does_not_run_again(
-    topology: Topology, settings: Settings
-) -> None:
-    store = await queue_task(topology, "twice")
+async def run_then_redeliver(
+    topology: Topology, settings: Settings, task_id: str, before_redelivery: Callable[[TaskStore], Awaitable[object]],
+    done: Callable[[StageRunner], bool],
+) -> tuple[TaskStore, int, StageRunner]:  # fmt: skip
+    """Run the fetch of a queued task, then deliver its message again as another process would see it
+    (the worker died after publishing, before its ack); (store, handler runs, the second runner)."""
+    store = await queue_task(topology, task_id)
     runs = 0
 
     async def handle(job: Job) -> TaskMessage:
@@ -240,11 +243,22 @@ async def test_a_redelivered_message_of_a_finished_stage_does_not_run_again(
         return job.task
 
     await run_until(topology, settings, handle, lambda r: r.counters.succeeded == 1)
-    await store.update("twice", lambda s: s.start_stage(Stage.CLASSIFY, "classifier"))  # the next stage took it
-    # The same message again, as if the worker had died after publishing but before its ack.
-    message = TaskMessage(task_id="twice", input_url="i", output_url="o", submitted_at="t")
-    await topology.js.publish(work_subject(5, Stage.FETCH, "twice"), message.pack())
-    runner = await run_until(topology, settings, handle, lambda r: r.counters.dropped == 1)
+    await before_redelivery(store)
+    message = TaskMessage(task_id=task_id, input_url="i", output_url="o", submitted_at="t")
+    await topology.js.publish(work_subject(5, Stage.FETCH, task_id), message.pack())
+    runner = await run_until(topology, settings, handle, done)
+    return store, runs, runner
+
+
+async def test_a_redelivered_message_of_a_finished_stage_does_not_run_again(
+    topology: Topology, settings: Settings
+) -> None:
+    async def next_stage_took_it(store: TaskStore) -> None:
+        await store.update("twice", lambda s: s.start_stage(Stage.CLASSIFY, "classifier"))
+
+    store, runs, runner = await run_then_redeliver(
+        topology, settings, "twice", next_stage_took_it, lambda r: r.counters.dropped == 1
+    )
     assert runs == 1 and runner.counters.succeeded == 0
     assert await queued(topology) == {"tm.work.p5.classify.twice": 1}
     status = await store.get("twice")
@@ -256,18 +270,10 @@ async def test_a_redelivery_before_the_next_stage_started_runs_again_without_a_d
 ) -> None:
     # Nothing in the state says the fetch is done yet (the classifier's start would): another process
     # runs it again, and the stream drops its publish as a duplicate (same message id).
-    store = await queue_task(topology, "again")
-    runs = 0
+    async def nothing(store: TaskStore) -> None:
+        pass
 
-    async def handle(job: Job) -> TaskMessage:
-        nonlocal runs
-        runs += 1
-        return job.task
-
-    await run_until(topology, settings, handle, lambda r: r.counters.succeeded == 1)
-    message = TaskMessage(task_id="again", input_url="i", output_url="o", submitted_at="t")
-    await topology.js.publish(work_subject(5, Stage.FETCH, "again"), message.pack())
-    await run_until(topology, settings, handle, lambda r: r.counters.succeeded == 1)
+    store, runs, _ = await run_then_redeliver(topology, settings, "again", nothing, lambda r: r.counters.succeeded == 1)
     assert runs == 2
     assert await queued(topology) == {"tm.work.p5.classify.again": 1}
     status = await store.get("again")
