@@ -8,7 +8,9 @@ and its stored objects removed.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
+
+from nats.js.errors import NotFoundError
 
 from shared.blobs import discard_task_blobs
 from shared.messages import Stage, work_stream
@@ -20,6 +22,15 @@ from shared.tasks import TaskStore
 def queued_subjects(status: TaskStatus) -> str:
     """Subject filter matching the task's queued message at any stage."""
     return f"tm.work.p{status.priority}.*.{status.task_id}"
+
+
+async def queued_at(topology: Topology, status: TaskStatus) -> tuple[Stage, datetime] | None:
+    """The stage whose queue holds the task's message, and when it was stored; None when none is queued."""
+    try:
+        raw = await topology.js.get_last_msg(work_stream(status.priority), queued_subjects(status))
+    except NotFoundError:
+        return None
+    return Stage((raw.subject or "").split(".")[3]), raw.time or datetime.now(UTC)
 
 
 async def purge_queued(topology: Topology, status: TaskStatus) -> None:
@@ -37,9 +48,13 @@ async def end_task(
 ) -> TaskStatus | None:
     """End a task in `state` unless `still_wanted` says otherwise at write time; None when not ended.
 
-    `waiting_in`: the stage whose queue holds its message, and when that was stored (see TaskStatus.end).
+    `waiting_in`: the stage whose queue holds its message, and when that was stored (see TaskStatus.end);
+    looked up when not given, so the stages before that queue are recorded done.
     Raises TaskFinishedError (already terminal) and TaskGoneError (deleted) from the state write.
     """
+    if waiting_in is None:
+        current = await store.get(task_id)
+        waiting_in = await queued_at(topology, current) if current is not None else None
     stage, since = waiting_in if waiting_in is not None else (None, None)
 
     def transition(status: TaskStatus) -> None:

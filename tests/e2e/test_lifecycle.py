@@ -136,6 +136,24 @@ async def test_delete_of_a_running_task_revokes_it_first(
     assert await queued_messages(own_system.nats_url) == 0
 
 
+async def test_revoking_a_task_waiting_in_a_later_queue_records_the_stages_before_it_done(
+    own_system: System, http_server: StaticHTTPServer, s3_bucket: str
+) -> None:
+    # The classifier's end is written by the upscaler's start, which never comes: the revoke records it.
+    source = http_server.add("revoke-later.png", photo(size=(16, 16)))
+    await own_system.start("api", "fetcher", "classifier")
+    async with (
+        httpx.AsyncClient(base_url=own_system.api_url) as api,
+        QueueWatch(own_system.nats_url, Stage.UPSCALE) as q,
+    ):
+        [task_id] = await submit_many(api, source, s3_bucket, priority=6, count=1)
+        await q.wait([task_id])
+        revoked = await api.post(f"/api/v1/tasks/{task_id}/revoke")
+        assert revoked.status_code == 200
+        assert [s["state"] for s in revoked.json()["subtasks"]] == ["SUCCESS", "SUCCESS", "PENDING", "PENDING"]
+    assert await queued_messages(own_system.nats_url) == 0
+
+
 async def test_idempotency_key_returns_the_same_task(own_system: System, s3_bucket: str) -> None:
     await own_system.start("api")
     body = {"task_name": TASK, "args": ["https://example.com/a.png", f"s3://{s3_bucket}/a.png"], "priority": 2}
