@@ -53,8 +53,11 @@ async def end_task(
     Raises TaskFinishedError (already terminal) and TaskGoneError (deleted) from the state write.
     """
     if waiting_in is None:
-        current = await store.get(task_id)
-        waiting_in = await queued_at(topology, current) if current is not None else None
+        found = await store.get_with_revision(task_id)
+        if found is not None:
+            current, revision = found
+            store.remember(task_id, current.to_json(), revision)  # the write below needs no second read
+            waiting_in = await queued_at(topology, current)
     stage, since = waiting_in if waiting_in is not None else (None, None)
 
     def transition(status: TaskStatus) -> None:
