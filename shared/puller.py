@@ -5,16 +5,19 @@ message it is not about to work on. To avoid asking empty streams, the puller li
 no consumer) to the stage's work subjects: every JetStream publish rings that "doorbell", which
 marks its priority as worth asking. A message this process gave back with a delay (`note_retry`)
 marks its priority again when the delay is over. What comes back otherwise (another process's
-delayed nak, an expired ack deadline) is found by a full rescan every `rescan_s`. The process's slots
-take turns: one asks and waits while the others queue behind it, so a message costs one pull request
-(a taken message that was its stream's last, by `num_pending`, leaves no empty ask behind it) and an
-idle stage process asks 11 empty streams once a rescan.
+delayed nak, an expired ack deadline) is found by a full rescan every `rescan_s`, busy or idle. The
+process's slots take turns: one asks and waits while the others queue behind it, so a message costs one
+pull request (a taken message that was its stream's last, by `num_pending`, leaves no empty ask behind
+it) and an idle stage process asks 11 empty streams once a rescan. `num_pending` does not count
+messages that come back (a dead worker's, whose ack deadline expired together): a taken message that
+came back leaves its priority marked, so the rest of them are taken at once, not one per rescan.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -41,6 +44,7 @@ class PriorityPuller:
         self._wake = asyncio.Event()
         self._closed = False
         self._turn = asyncio.Lock()
+        self._rescanned_at = time.monotonic()
 
     async def start(self) -> None:
         self._doorbell = await self._nc.subscribe(queued_filter(self._stage), cb=self._on_ring)
@@ -100,7 +104,8 @@ class PriorityPuller:
             msg = await self._take_from(priority)
             unchanged = self._ring_of[priority] == ring_before  # no publish raced with the answer
             if msg is not None:
-                if msg.metadata.num_pending == 0 and unchanged:
+                came_back = msg.metadata.num_delivered > 1  # others may have come back with it
+                if msg.metadata.num_pending == 0 and unchanged and not came_back:
                     self._maybe_waiting.discard(priority)  # that was the last one: no empty ask after it
                 return msg
             if unchanged:
@@ -116,14 +121,23 @@ class PriorityPuller:
         async with self._turn:
             while not self._closed:
                 self._wake.clear()
+                self._rescan_when_due()
                 rings = self._rings
                 msg = await self.take()
                 if msg is not None:
                     return msg
                 if self._rings != rings or self._closed:
                     continue
+                due_in_s = self._rescanned_at + self._rescan_s - time.monotonic()
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=self._rescan_s)
+                    await asyncio.wait_for(self._wake.wait(), timeout=max(due_in_s, 0.0))
                 except TimeoutError:
-                    self._maybe_waiting.update(PRIORITIES)  # what came back without a ring (see above)
+                    pass
         return None
+
+    def _rescan_when_due(self) -> None:
+        """Mark every priority once per `rescan_s` for what came back without a ring (see above); timed
+        from the last rescan, so a steady stream of rings cannot put it off."""
+        if time.monotonic() - self._rescanned_at >= self._rescan_s:
+            self._rescanned_at = time.monotonic()
+            self._maybe_waiting.update(PRIORITIES)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
+
+from nats.aio.msg import Msg
 
 from shared.messages import Stage, work_subject
 from shared.nats import Topology
@@ -104,4 +107,66 @@ async def test_a_retry_this_process_gave_back_is_taken_when_its_delay_is_over(to
     again = await asyncio.wait_for(puller.next(), timeout=5)
     assert again is not None and again.data == b"later" and again.metadata.num_delivered == 2
     await again.ack()
+    await puller.close()
+
+
+async def take_until_empty(puller: PriorityPuller) -> list[Msg]:
+    held = []
+    while (msg := await puller.take()) is not None:
+        held.append(msg)
+    return held
+
+
+async def test_what_a_dead_worker_held_comes_back_in_one_rescan(topology: Topology) -> None:
+    """Messages that come back together (here naked at once, as expired ack deadlines do) are all taken
+    after the rescan that finds the first: `num_pending` does not count them, so it cannot say 'last'."""
+    for task_id in ("x", "y", "z"):
+        await publish(topology, 7, task_id, Stage.UPSCALE)
+    dead = PriorityPuller(topology.nc, Stage.UPSCALE)
+    held = await take_until_empty(dead)
+    assert len(held) == 3
+    puller = PriorityPuller(topology.nc, Stage.UPSCALE, rescan_s=2.0)
+    await puller.start()
+    assert await puller.take() is None  # every priority is now known empty
+    for msg in held:
+        await msg.nak()  # back without a ring
+    taken, times = [], []
+    for _ in range(3):
+        msg = await asyncio.wait_for(puller.next(), timeout=10)
+        assert msg is not None
+        taken.append(msg.data)
+        times.append(time.monotonic())
+        await msg.ack()
+    assert sorted(taken) == [b"x", b"y", b"z"]
+    assert times[-1] - times[0] < 1.0, "one rescan per message: the rest waited for the next rescans"
+    await puller.close()
+
+
+async def test_the_rescan_is_not_put_off_by_a_stream_of_rings(topology: Topology) -> None:
+    await publish(topology, 2, "quiet", Stage.CLASSIFY)
+    dead = PriorityPuller(topology.nc, Stage.CLASSIFY)
+    [held] = await take_until_empty(dead)
+    puller = PriorityPuller(topology.nc, Stage.CLASSIFY, rescan_s=0.5)
+    await puller.start()
+    assert await puller.take() is None
+    await held.nak()  # back without a ring, while priority 9 rings every 0.1 s
+    found = asyncio.Event()
+
+    async def ring_until_found() -> None:
+        n = 0
+        while not found.is_set():
+            await publish(topology, 9, f"busy{n}", Stage.CLASSIFY)
+            n += 1
+            await asyncio.sleep(0.1)  # the pace of a steady stream of publishes, not a synchronisation
+
+    ringing = asyncio.create_task(ring_until_found())
+    async with asyncio.timeout(5):
+        while True:
+            msg = await puller.next()
+            assert msg is not None
+            await msg.ack()
+            if msg.data == b"quiet":
+                break
+    found.set()
+    await ringing
     await puller.close()
