@@ -116,6 +116,7 @@ class RunResult:
     procs: dict[str, int] = field(default_factory=dict)
     stack_cpu_ms_per_task: float = 0.0
     outside_cpu_ms_per_task: dict[str, float] = field(default_factory=dict)  # shared infra, client, others
+    nats_msgs_per_task: dict[str, tuple[float, float]] = field(default_factory=dict)  # connection -> (in, out)
     others_cpu_pct: float = 0.0  # of one core, over the run
     s3_objects: int = 0
     sample: str = ""
@@ -132,10 +133,12 @@ def measure(
     jobs = infra.jobs(run, tasks)
     own, shared = stack.roots(), infra.roots()
     before, client_before, machine_before = tree_cpu(own | shared), own_cpu(), machine_busy_seconds()
+    messages_before = stack.nats_messages() if isinstance(stack, TaskManagerStack) else {}
     window_start = time.perf_counter()
     outcomes: list[Outcome] = stack.run(jobs, rate, timeout_s)
     time.sleep(SETTLE_S)
     after, client_after, machine_after = tree_cpu(own | shared), own_cpu(), machine_busy_seconds()
+    messages_after = stack.nats_messages() if isinstance(stack, TaskManagerStack) else {}
     window_s = time.perf_counter() - window_start
 
     done = [o for o in outcomes if o.ok]
@@ -171,6 +174,12 @@ def measure(
     result.outside_cpu_ms_per_task[OTHERS] = others * per_task
     result.others_cpu_pct = others / window_s * 100
     result.s3_objects, result.sample = infra.check_outputs(run, tasks)
+    for name, (msgs_in, msgs_out) in messages_after.items():
+        in_before, out_before = messages_before.get(name, (0, 0))
+        result.nats_msgs_per_task[name] = (
+            (msgs_in - in_before) / max(tasks, 1),
+            (msgs_out - out_before) / max(tasks, 1),
+        )
     return result
 
 
@@ -256,6 +265,22 @@ def process_table(stack: str, results: list[RunResult]) -> str:
     rows.append("| **stack total** | | " + " | ".join(f"**{r.stack_cpu_ms_per_task:.1f}**" for r in runs) + " |")
     for name in outside:
         rows.append(f"| {name} | | " + " | ".join(_ms(r.outside_cpu_ms_per_task.get(name), 2) for r in runs) + " |")
+    return "\n".join(rows)
+
+
+def messages_table(results: list[RunResult]) -> str:
+    """NATS messages per task by connection (the server's /connz: sent by the client, delivered to it)."""
+    runs = [r for r in results if r.nats_msgs_per_task]
+    if not runs:
+        return ""
+    names = sorted({n for r in runs for n in r.nats_msgs_per_task})
+    rows = ["| task-manager: NATS msgs per task, sent / received | " + " | ".join(_shape(r) for r in runs) + " |"]
+    rows.append("| --- |" + " --- |" * len(runs))
+    for name in names:
+        cells = [r.nats_msgs_per_task.get(name, (0.0, 0.0)) for r in runs]
+        rows.append(f"| {name} | " + " | ".join(f"{i:.1f} / {o:.1f}" for i, o in cells) + " |")
+    totals = [tuple(map(sum, zip(*r.nats_msgs_per_task.values(), strict=False))) for r in runs]
+    rows.append("| **all clients** | " + " | ".join(f"**{t[0]:.1f} / {t[1]:.1f}**" for t in totals) + " |")
     return "\n".join(rows)
 
 
@@ -355,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nnot measured (see the errors above): {', '.join(broken)}")
     for name in order:
         print("\n" + process_table(name, results))
+    if table := messages_table(results):
+        print("\n" + table)
     if ratios := ratio_table(results):
         print("\n" + ratios)
     if args.json:

@@ -44,6 +44,11 @@ class TaskManagerStack:
     def roots(self) -> dict[str, int]:
         return {child.role: child.pid for child in self.harness.children}
 
+    def nats_messages(self) -> dict[str, tuple[int, int]]:
+        """Messages so far per NATS connection name: (sent by the client, delivered to it)."""
+        counts = self.runner.run(self.harness.connections())
+        return {name: (row["in_msgs"], row["out_msgs"]) for name, row in counts.items()}
+
     def run(self, jobs: list[Job], rate: float | None, timeout_s: float) -> list[Outcome]:
         return self.runner.run(self._run(jobs, rate, timeout_s))
 
