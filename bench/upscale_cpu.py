@@ -54,10 +54,11 @@ import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from services.upscaler import arch, catalog, codec, png  # noqa: E402
+from services.upscaler import arch, codec, png  # noqa: E402
 from services.upscaler.engine import Upscaler  # noqa: E402
 from services.upscaler.inference import Job, Network, TileRunner  # noqa: E402
 from services.upscaler.picture import Picture  # noqa: E402
+from shared.contracts import catalog  # noqa: E402
 from shared.images import encode_image, open_image  # noqa: E402
 from shared.messages import Category, UpscaleOptions  # noqa: E402
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pydantic.config import JsonDict
 
-from services.upscaler import catalog
-from services.upscaler.options import ALPHA_MODES, MAX_OUTSCALE, PAD_RANGE, PRACTICAL_TILE_PAD, TILE_RANGE
+from shared.contracts import catalog
+from shared.contracts.options import ALPHA_MODES, MAX_OUTSCALE, PAD_RANGE, PRACTICAL_TILE_PAD, TILE_RANGE
 from shared.images import OUTPUT_FORMATS
 
 # A host name whose last label starts with a letter (all-digit names read as IPv4 numbers), an IPv4

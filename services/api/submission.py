@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 from pydantic import ValidationError
 
 from services.api.schemas import CALLBACK_PATTERN, SubmitTaskRequest
-from services.uploader.destinations import HttpPut, LocalFile, parse_destination
-from services.upscaler.options import validate_options
+from shared.contracts.destinations import HttpPut, LocalFile, parse_destination
+from shared.contracts.options import validate_options
 from shared.errors import InputError
 from shared.images import OUTPUT_FORMATS, format_for_url
 from shared.localfiles import file_url_path, resolve_within, target_within

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from services.upscaler import catalog
+from shared import modelfiles
+from shared.contracts import catalog
 
 
 def register(subparsers: Any) -> None:
@@ -41,12 +42,10 @@ def _size(size_bytes: int) -> str:
 
 def list_models(args: argparse.Namespace) -> int:
     """Print a table of the official models: name, scale, size, installed, path."""
-    from services.upscaler import weights  # imports torch: only for the commands that need it
-
-    model_dir = args.dir or weights.default_model_dir()
+    model_dir = args.dir or modelfiles.default_model_dir()
     rows = [("NAME", "SCALE", "SIZE", "INSTALLED", "PATH")]
     for spec in catalog.MODELS.values():
-        path = weights.weight_path(spec.name, model_dir)
+        path = modelfiles.weight_path(spec.name, model_dir)
         installed = "yes" if path.is_file() else "no"
         rows.append((spec.name, f"x{spec.scale}", _size(spec.size_bytes), installed, str(path)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
@@ -57,11 +56,9 @@ def list_models(args: argparse.Namespace) -> int:
 
 def download_models(args: argparse.Namespace) -> int:
     """Download one model (NAME) or all of them (--all); exit status 1 if any download failed."""
-    from services.upscaler import weights
-
     if args.all == (args.name is not None):
         raise SystemExit("error: models download takes either NAME or --all")
-    model_dir = args.dir or weights.default_model_dir()
+    model_dir = args.dir or modelfiles.default_model_dir()
     names = list(catalog.MODELS) if args.all else [args.name]
     # realesr-general-x4v3's denoise_strength needs the wdn weights too, as Real-ESRGAN's script fetches both.
     if catalog.DENOISE_MODEL in names and catalog.DENOISE_HELPER not in names:
@@ -69,10 +66,10 @@ def download_models(args: argparse.Namespace) -> int:
     failed = 0
     for name in names:
         spec = catalog.get(name)
-        print(f"{name}: downloading {_size(spec.size_bytes)} from {weights.download_url(name, args.mirror)}")
+        print(f"{name}: downloading {_size(spec.size_bytes)} from {modelfiles.download_url(name, args.mirror)}")
         try:
-            path = weights.download(name, model_dir, args.mirror)
-        except weights.DownloadError as exc:
+            path = modelfiles.download(name, model_dir, args.mirror)
+        except modelfiles.DownloadError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failed += 1
             continue

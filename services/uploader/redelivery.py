@@ -21,8 +21,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 
-from services.uploader.destinations import HttpPut, LocalFile, S3Target, parse_destination
 from shared.bodies import read_body
+from shared.contracts.destinations import HttpPut, LocalFile, S3Target, parse_destination
 from shared.localfiles import target_within
 from shared.s3 import S3Client, s3_client
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import httpx
 
-from services.uploader.destinations import HttpPut, LocalFile, S3Target, parse_destination
 from shared.bodies import read_body
+from shared.contracts.destinations import HttpPut, LocalFile, S3Target, parse_destination
 from shared.egress import S3_ERRORS, http_status_error, http_transport_error, s3_error, safe_url
 from shared.errors import InputError, RetryableError
 from shared.localfiles import target_within

@@ -22,12 +22,14 @@ import torch
 from PIL import Image
 from torch import nn
 
-from services.upscaler import catalog, memory, weights
+from services.upscaler import memory, weights
 from services.upscaler.alpha import RESIZE
 from services.upscaler.batcher import TileBatcher
 from services.upscaler.inference import Job, Network, Stats, TileRunner
-from services.upscaler.options import DEFAULT_ALPHA_MODE, check_output_size, tile_overlap, validate_options
 from services.upscaler.picture import Picture, from_pil
+from shared import modelfiles
+from shared.contracts import catalog
+from shared.contracts.options import DEFAULT_ALPHA_MODE, check_output_size, tile_overlap, validate_options
 from shared.errors import ConfigurationError, InputError
 from shared.messages import Category, UpscaleOptions
 
@@ -132,7 +134,7 @@ class Upscaler:
             "precision": "fp16" if self._dtype == torch.float16 else "fp32",
             "tile": "auto" if self.default_tile is None else self.default_tile,
             "models_loaded": ", ".join(weights.loaded_names()) or "none",
-            "models_installed": ", ".join(n for n in catalog.MODELS if weights.is_installed(n, self.model_dir)),
+            "models_installed": ", ".join(n for n in catalog.MODELS if modelfiles.is_installed(n, self.model_dir)),
             "tiles": self.stats.tiles,
             "fp16_fallbacks": self.stats.fp16_fallbacks,
             "oom_splits": self.stats.oom_splits,
@@ -186,9 +188,9 @@ class Upscaler:
         name = options.model or catalog.ROUTES[category]
         denoise = options.denoise_strength if name == catalog.DENOISE_MODEL else None
         needed = [name] + ([catalog.DENOISE_HELPER] if denoise is not None and denoise != 1 else [])
-        missing = [n for n in needed if not weights.is_installed(n, self.model_dir)]
+        missing = [n for n in needed if not modelfiles.is_installed(n, self.model_dir)]
         if missing and options.model is not None:
-            weights.require(missing[0], self.model_dir)  # raises ConfigurationError with the install command
+            modelfiles.require(missing[0], self.model_dir)  # raises ConfigurationError with the install command
         self._check_output_size(picture.size, None if missing else catalog.get(name).scale, options.outscale)
         if missing:
             outscale = options.outscale if options.outscale is not None else FALLBACK_SCALE

@@ -14,8 +14,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from services.upscaler import catalog
 from shared.config import Settings
+from shared.contracts import catalog
 from tests.deploy.manifests import (
     HAND_BACK_S,
     NOT_SETTINGS,

@@ -19,8 +19,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from services.upscaler import catalog
 from shared.config import Settings
+from shared.contracts import catalog
 from shared.messages import PIPELINE, PRIORITIES, Stage, consumer_name, work_stream
 from tests.deploy.manifests import (
     DEPLOY,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from services.uploader.destinations import (
+from shared.contracts.destinations import (
     HttpPut,
     LocalFile,
     S3Target,

@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from services.upscaler import arch, catalog, weights
+from services.upscaler import arch, weights
+from shared.contracts import catalog
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 ANIMEVIDEO = SHARED / "models" / "realesr-animevideov3.pth"

@@ -10,7 +10,7 @@ from PIL import Image
 from services.upscaler import alpha
 from services.upscaler.alpha import lanczos_upscale
 from services.upscaler.inference import Job, Network, TileRunner
-from services.upscaler.options import ALPHA_MODES
+from shared.contracts.options import ALPHA_MODES
 from tests.upscaler.conftest import IMAGES, shared_file, small_compact
 
 CPU = torch.device("cpu")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from services.upscaler import arch, catalog, weights
+from services.upscaler import arch, weights
+from shared.contracts import catalog
 from tests.upscaler.conftest import ANIMEVIDEO, shared_file, small_compact, small_rrdb
 
 

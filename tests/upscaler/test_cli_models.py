@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from services.cli import models
-from services.upscaler import catalog
+from shared.contracts import catalog
 
 
 def _run(*argv: str) -> int:

@@ -10,10 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from services.upscaler import catalog, codec
+from services.upscaler import codec
 from services.upscaler.engine import Upscaler
-from services.upscaler.options import validate_options
 from services.upscaler.picture import Picture
+from shared.contracts import catalog
+from shared.contracts.options import validate_options
 from shared.errors import ConfigurationError, InputError
 from shared.messages import Category, UpscaleOptions
 from tests.upscaler.conftest import ANIMEVIDEO, IMAGES, shared_file, small_compact, small_rrdb

@@ -16,9 +16,10 @@ from PIL import Image
 from torch import nn
 
 from services.api import accepted
-from services.upscaler import arch, catalog, weights
+from services.upscaler import arch, weights
 from services.upscaler.inference import Job, Network, TileRunner
-from services.upscaler.options import PRACTICAL_TILE_PAD, tile_overlap, validate_options
+from shared.contracts import catalog
+from shared.contracts.options import PRACTICAL_TILE_PAD, tile_overlap, validate_options
 from shared.messages import UpscaleOptions
 from tests.upscaler.conftest import ANIMEVIDEO, IMAGES, shared_file
 

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from services.upscaler import catalog, weights
+from services.upscaler import weights
+from shared import modelfiles
+from shared.contracts import catalog
 from shared.errors import ConfigurationError
 from tests.upscaler.conftest import ANIMEVIDEO, shared_file, small_compact
 
@@ -29,7 +31,7 @@ def test_read_state_dict_prefers_params_ema_then_params(tmp_path: Path) -> None:
 
 def test_missing_weights_name_file_dir_and_command(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError) as info:
-        weights.require("RealESRGAN_x4plus", tmp_path)
+        modelfiles.require("RealESRGAN_x4plus", tmp_path)
     message = str(info.value)
     assert "RealESRGAN_x4plus.pth" in message and str(tmp_path) in message
     assert "task-manager models download RealESRGAN_x4plus" in message
@@ -63,15 +65,15 @@ def test_denoise_strength_blends_x4v3_with_wdn(install) -> None:
 
 def test_default_model_dir_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("TM_MODEL_DIR", str(tmp_path))
-    assert weights.default_model_dir() == tmp_path
+    assert modelfiles.default_model_dir() == tmp_path
     monkeypatch.delenv("TM_MODEL_DIR")
-    assert weights.default_model_dir() == Path.home() / ".cache" / "task-manager" / "models"
+    assert modelfiles.default_model_dir() == Path.home() / ".cache" / "task-manager" / "models"
 
 
 def test_mirror_replaces_the_official_prefix() -> None:
-    url = weights.download_url("realesr-animevideov3", "http://mirror.internal/real-esrgan/")
+    url = modelfiles.download_url("realesr-animevideov3", "http://mirror.internal/real-esrgan/")
     assert url == "http://mirror.internal/real-esrgan/v0.2.5.0/realesr-animevideov3.pth"
-    assert weights.download_url("realesr-animevideov3") == catalog.get("realesr-animevideov3").url
+    assert modelfiles.download_url("realesr-animevideov3") == catalog.get("realesr-animevideov3").url
 
 
 def _serve_fake(monkeypatch: pytest.MonkeyPatch, root: Path, name: str, payload: bytes, sha256: str) -> None:
@@ -87,7 +89,7 @@ def test_download_verifies_and_renames(monkeypatch, http_root, tmp_path: Path) -
     payload = b"not really weights\n" * 1000
     _serve_fake(monkeypatch, root, "RealESRGAN_x4plus", payload, hashlib.sha256(payload).hexdigest())
     seen: list[int] = []
-    path = weights.download(
+    path = modelfiles.download(
         "RealESRGAN_x4plus", tmp_path / "models", base, progress=lambda done, total: seen.append(done)
     )
     assert path == tmp_path / "models" / "RealESRGAN_x4plus.pth"
@@ -95,22 +97,22 @@ def test_download_verifies_and_renames(monkeypatch, http_root, tmp_path: Path) -
     assert sorted(p.name for p in path.parent.iterdir()) == ["RealESRGAN_x4plus.pth"]
     # A verified file is kept without asking the server again.
     (root / "v0.1.0" / "RealESRGAN_x4plus.pth").unlink()
-    assert weights.download("RealESRGAN_x4plus", tmp_path / "models", base) == path
+    assert modelfiles.download("RealESRGAN_x4plus", tmp_path / "models", base) == path
 
 
 def test_download_with_wrong_hash_leaves_nothing(monkeypatch, http_root, tmp_path: Path) -> None:
     root, base = http_root
     _serve_fake(monkeypatch, root, "RealESRGAN_x4plus", b"tampered" * 100, "0" * 64)
     model_dir = tmp_path / "models"
-    with pytest.raises(weights.DownloadError, match="sha256 mismatch"):
-        weights.download("RealESRGAN_x4plus", model_dir, base)
+    with pytest.raises(modelfiles.DownloadError, match="sha256 mismatch"):
+        modelfiles.download("RealESRGAN_x4plus", model_dir, base)
     assert list(model_dir.iterdir()) == []
 
 
 def test_download_reports_http_errors(http_root, tmp_path: Path) -> None:
     _, base = http_root
-    with pytest.raises(weights.DownloadError, match="HTTP 404"):
-        weights.download("RealESRGAN_x2plus", tmp_path / "models", base)
+    with pytest.raises(modelfiles.DownloadError, match="HTTP 404"):
+        modelfiles.download("RealESRGAN_x2plus", tmp_path / "models", base)
     assert list((tmp_path / "models").iterdir()) == []
 
 
@@ -119,5 +121,5 @@ def test_download_real_file_from_mirror(http_root, tmp_path: Path) -> None:
     served = root / "v0.2.5.0" / "realesr-animevideov3.pth"
     served.parent.mkdir()
     served.write_bytes(shared_file(ANIMEVIDEO).read_bytes())
-    path = weights.download("realesr-animevideov3", tmp_path, base)
+    path = modelfiles.download("realesr-animevideov3", tmp_path, base)
     assert path.stat().st_size == catalog.get("realesr-animevideov3").size_bytes

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.upscaler import catalog
+from shared.contracts import catalog
 from shared.images import OUTPUT_FORMATS
 from shared.messages import UpscaleOptions
 
