@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import nats
 
-from shared.messages import WORKERS_BUCKET
+from shared.wire import WORKERS_BUCKET
 from tests.servers import NatsServer, find_binary, start_nats
 from tests.system import STAGE_SERVICES, free_port
 

@@ -53,7 +53,8 @@ from bench.results import (  # noqa: E402
     summary_table,
 )
 from bench.stacks import summarise  # noqa: E402
-from shared.messages import EVENTS_SUBJECTS, TASK_NAME  # noqa: E402
+from shared.messages import TASK_NAME  # noqa: E402
+from shared.wire import EVENTS_SUBJECTS  # noqa: E402
 
 WARMUP_TIMEOUT_S = 60.0
 MAX_INFLIGHT_POSTS = 64  # concurrent POSTs at most (keep-alive connections to the API)

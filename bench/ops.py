@@ -34,9 +34,10 @@ from nats.js.api import KeyValueConfig, StorageType  # noqa: E402
 from bench.harness import cpu_seconds  # noqa: E402
 from bench.load import tiny_png  # noqa: E402
 from shared.config import Settings  # noqa: E402
-from shared.messages import PIPELINE, TaskMessage, consumer_name, work_stream, work_subject  # noqa: E402
+from shared.messages import PIPELINE, TaskMessage  # noqa: E402
 from shared.nats import connect, declare  # noqa: E402
 from shared.state import TaskStatus  # noqa: E402
+from shared.wire import consumer_name, work_stream, work_subject  # noqa: E402
 from tests.servers import start_nats  # noqa: E402
 
 Call = Callable[[int], Awaitable[object]]

@@ -93,10 +93,11 @@ def produce(url: str, tasks: int, rate: float | None, spent: multiprocessing.Que
 
 async def _produce(tasks: int, rate: float | None) -> float:
     from shared.config import Settings
-    from shared.messages import PIPELINE, PRIORITIES, TaskMessage, work_subject
+    from shared.messages import PIPELINE, PRIORITIES, TaskMessage
     from shared.nats import connect, declare
     from shared.state import TaskStatus
     from shared.tasks import TaskStore
+    from shared.wire import work_subject
 
     nc = await connect(Settings(), name="producer")
     topology = await declare(nc, Settings())

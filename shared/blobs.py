@@ -26,7 +26,8 @@ from nats.js.errors import NotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
 from shared.errors import RetryableError
-from shared.messages import BLOBS_BUCKET, TaskMessage, input_object, output_object
+from shared.messages import TaskMessage
+from shared.wire import BLOBS_BUCKET, input_object, output_object
 
 if TYPE_CHECKING:
     from shared.nats import Topology

@@ -14,9 +14,10 @@ from typing import Any
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from shared.messages import DEAD_STREAM, DEAD_SUBJECTS, PIPELINE, Stage, TaskMessage, dead_subject, work_subject
+from shared.messages import PIPELINE, Stage, TaskMessage
 from shared.state import utc_now
 from shared.tasks import TaskGoneError, TaskStore
+from shared.wire import DEAD_STREAM, DEAD_SUBJECTS, dead_letter_id, dead_subject, enqueue
 
 # Headers the dead letter adds; the original message's own headers are kept beside them.
 H_ERROR = "Tm-Error"
@@ -59,7 +60,7 @@ async def dead_letter(
             H_ORIGIN_SEQ: str(origin_seq),
             H_ATTEMPTS: str(attempts),
             H_FAILED_AT: utc_now(),
-            "Nats-Msg-Id": f"dead.{origin_stream}.{origin_seq}",
+            "Nats-Msg-Id": dead_letter_id(origin_stream, origin_seq),
         },
     )
 
@@ -153,10 +154,6 @@ async def replay_dead(js: JetStreamContext, store: TaskStore, seq: int) -> str:
             "state_revision": None,
         }
     )
-    await js.publish(
-        work_subject(dead.message.priority, PIPELINE[0], dead.task_id),
-        first.pack(),
-        headers={"Nats-Msg-Id": f"{dead.task_id}.{PIPELINE[0].value}.run{status.run}"},
-    )
+    await enqueue(js, first, PIPELINE[0], status.run)
     await discard_dead(js, seq)
     return dead.task_id

@@ -21,29 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from shared.messages import SCHEMA_VERSION, TASK_NAME, Stage
 from shared.state import TaskState, TaskStatus, utc_now
-
-CHANGES_SUBJECTS = "task.changes.>"
-
-
-def change_subject(task_id: str, kind: str) -> str:
-    return f"task.changes.{task_id}.{kind}"
-
-
-def task_changes_filter(task_id: str) -> str:
-    """Every change event of one task (the SSE endpoint's filter)."""
-    return f"task.changes.{task_id}.*"
-
-
-# The events stream republishes every stored change event under tm.live.<subject>, with its stream
-# sequence in the Nats-Sequence header: a reader following one task (the SSE endpoint) subscribes to
-# that with plain core NATS and reads what was stored before by direct gets, instead of creating (and
-# deleting) a JetStream consumer per reader.
-LIVE_CHANGES_SUBJECTS = "tm.live.task.changes.>"
-
-
-def live_changes_filter(task_id: str) -> str:
-    """The republished copies of one task's stored change events."""
-    return f"tm.live.task.changes.{task_id}.*"
+from shared.wire import change_event_id, change_subject
 
 
 class EventKind(StrEnum):
@@ -128,7 +106,7 @@ class TaskEvent(BaseModel):
             return None
         previous_stage = old_stages.get(changed.name) if changed is not None else None
         return cls(
-            event_id=f"{after.task_id}.{revision}",
+            event_id=change_event_id(after.task_id, revision),
             kind=kind,
             task_id=after.task_id,
             task_name=after.task_name,

@@ -13,28 +13,28 @@ from datetime import UTC, datetime
 from nats.js.errors import NotFoundError
 
 from shared.blobs import discard_task_blobs
-from shared.messages import Stage, work_stream
+from shared.messages import Stage
 from shared.nats import Topology
 from shared.state import TaskState, TaskStatus, format_time
 from shared.tasks import TaskStore
-
-
-def queued_subjects(status: TaskStatus) -> str:
-    """Subject filter matching the task's queued message at any stage."""
-    return f"tm.work.p{status.priority}.*.{status.task_id}"
+from shared.wire import parse_work_subject, task_work_filter, work_stream
 
 
 async def queued_at(topology: Topology, status: TaskStatus) -> tuple[Stage, datetime] | None:
     """The stage whose queue holds the task's message, and when it was stored; None when none is queued."""
     try:
-        raw = await topology.js.get_last_msg(work_stream(status.priority), queued_subjects(status))
+        raw = await topology.js.get_last_msg(
+            work_stream(status.priority), task_work_filter(status.priority, status.task_id)
+        )
     except NotFoundError:
         return None
-    return Stage((raw.subject or "").split(".")[3]), raw.time or datetime.now(UTC)
+    return parse_work_subject(raw.subject or "")[1], raw.time or datetime.now(UTC)
 
 
 async def purge_queued(topology: Topology, status: TaskStatus) -> None:
-    await topology.js.purge_stream(work_stream(status.priority), subject=queued_subjects(status))
+    await topology.js.purge_stream(
+        work_stream(status.priority), subject=task_work_filter(status.priority, status.task_id)
+    )
 
 
 async def end_task(

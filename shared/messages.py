@@ -1,4 +1,4 @@
-"""Typed messages that travel between stages, and the names of the subjects and streams they use.
+"""Typed messages that travel between stages (the subjects, streams and ids they use: shared/wire.py).
 
 Messages are msgpack on JetStream. An image small enough (TM_INLINE_IMAGE_MAX_BYTES) travels in the
 message itself (`input_image`, `output_image`); a larger one is stored in the object store under its
@@ -43,70 +43,6 @@ def next_stage(stage: Stage) -> Stage | None:
     """The stage after `stage` in the pipeline, or None after the last one."""
     index = PIPELINE.index(stage)
     return PIPELINE[index + 1] if index + 1 < len(PIPELINE) else None
-
-
-# Work queues: one WorkQueue stream per priority; one subject per task and stage, so a queued
-# message can be found (and purged) by task id alone: tm.work.p<priority>.<stage>.<task_id>
-def work_stream(priority: int) -> str:
-    return f"TM_WORK_P{priority}"
-
-
-def work_subject(priority: int, stage: Stage, task_id: str) -> str:
-    return f"tm.work.p{priority}.{stage.value}.{task_id}"
-
-
-def work_filter(priority: int, stage: Stage) -> str:
-    return f"tm.work.p{priority}.{stage.value}.*"
-
-
-# Each work stream republishes the headers of every message it has stored under tm.queued.>, so
-# workers learn that a message is ready to take (a core subscription on tm.work.> could hear of it
-# before the stream has stored it).
-def queued_subject_pattern(priority: int) -> str:
-    return f"tm.queued.p{priority}.>"
-
-
-def queued_filter(stage: Stage) -> str:
-    """Core-NATS subject of every stored message of a stage, any priority (the workers' doorbell)."""
-    return f"tm.queued.*.{stage.value}.*"
-
-
-def consumer_name(stage: Stage) -> str:
-    return stage.value
-
-
-# Task events: every terminal state (and, later, every change) on task.events.<task_name>.<state>
-EVENTS_STREAM = "TM_EVENTS"
-EVENTS_SUBJECTS = "task.events.>"
-
-
-def event_subject(task_name: str, state: str) -> str:
-    return f"task.events.{task_name}.{state.lower()}"
-
-
-# Dead letters: a message that failed for good, copied with its headers and the error.
-DEAD_STREAM = "TM_DEAD"
-DEAD_SUBJECTS = "tm.dead.>"
-
-
-def dead_subject(stage: Stage, task_id: str) -> str:
-    return f"tm.dead.{stage.value}.{task_id}"
-
-
-TASKS_BUCKET = "TM_TASKS"  # KV: task_id -> TaskStatus JSON
-LEASES_BUCKET = "TM_LEASES"  # KV with TTL: singleton roles (the sweeper) held by one process at a time
-IDEMPOTENCY_BUCKET = "TM_IDEMPOTENCY"  # KV with TTL: hashed Idempotency-Key -> task_id
-WORKERS_BUCKET = "TM_WORKERS"  # KV with TTL: <service>.<worker_id> -> WorkerInfo JSON (heartbeats)
-SESSIONS_BUCKET = "TM_SESSIONS"  # KV with TTL: dashboard session ids signed out (kept one session lifetime)
-BLOBS_BUCKET = "TM_BLOBS"  # object store: <task_id>/input, <task_id>/output
-
-
-def input_object(task_id: str) -> str:
-    return f"{task_id}/input"
-
-
-def output_object(task_id: str) -> str:
-    return f"{task_id}/output"
 
 
 class Category(StrEnum):

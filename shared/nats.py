@@ -31,22 +31,22 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from shared.config import Settings
-from shared.events import CHANGES_SUBJECTS, LIVE_CHANGES_SUBJECTS
-from shared.messages import (
+from shared.messages import PIPELINE, PRIORITIES, Stage
+from shared.wire import (
     BLOBS_BUCKET,
+    CHANGES_SUBJECTS,
     DEAD_STREAM,
     DEAD_SUBJECTS,
     EVENTS_STREAM,
     EVENTS_SUBJECTS,
     IDEMPOTENCY_BUCKET,
     LEASES_BUCKET,
-    PIPELINE,
-    PRIORITIES,
+    LIVE_CHANGES_SUBJECTS,
     SESSIONS_BUCKET,
     TASKS_BUCKET,
     WORKERS_BUCKET,
-    Stage,
     consumer_name,
+    priority_filter,
     queued_subject_pattern,
     work_filter,
     work_stream,
@@ -172,14 +172,14 @@ def work_stream_config(priority: int, settings: Settings) -> StreamConfig:
     return StreamConfig(
         name=work_stream(priority),
         description=f"Pipeline work queue for priority {priority}",
-        subjects=[f"tm.work.p{priority}.>"],
+        subjects=[priority_filter(priority)],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         num_replicas=settings.replicas,
         duplicate_window=DUPLICATE_WINDOW_S,
         allow_msg_ttl=True,
         discard=DiscardPolicy.OLD,
-        republish=RePublish(src=f"tm.work.p{priority}.>", dest=queued_subject_pattern(priority), headers_only=True),
+        republish=RePublish(src=priority_filter(priority), dest=queued_subject_pattern(priority), headers_only=True),
     )
 
 

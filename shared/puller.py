@@ -23,7 +23,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from shared.messages import PRIORITIES, Stage, consumer_name, queued_filter, work_stream
+from shared.messages import PRIORITIES, Stage
+from shared.wire import consumer_name, queued_filter, work_stream
 
 _NO_WAIT = json.dumps({"batch": 1, "no_wait": True}).encode()
 RETRY_LOOK_MARGINS_S = (0.05, 0.5, 2.0)

@@ -16,7 +16,8 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from pydantic import BaseModel
 
-from shared.messages import PIPELINE, PRIORITIES, Stage, consumer_name, work_filter, work_stream
+from shared.messages import PIPELINE, PRIORITIES, Stage
+from shared.wire import consumer_name, work_filter, work_stream
 
 
 class ConsumerDepth(BaseModel):

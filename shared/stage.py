@@ -34,12 +34,13 @@ from shared.config import Settings
 from shared.deadletters import dead_letter
 from shared.errors import MAX_BACKOFF_S, PermanentError, RetryableError
 from shared.job import Handler, Job
-from shared.messages import Stage, TaskMessage, next_stage, work_subject
+from shared.messages import Stage, TaskMessage, next_stage
 from shared.metrics import WorkerMetrics
 from shared.nats import Topology
 from shared.puller import PriorityPuller
 from shared.state import StageAlreadyDoneError, TaskFinishedError, format_time
 from shared.tasks import TaskGoneError, TaskStore
+from shared.wire import enqueue
 
 log = structlog.get_logger()
 REMEMBERED_FINISHED = 4096
@@ -237,11 +238,7 @@ class StageRunner:
             written = self.store.last_written(task.task_id)
             if written is not None:
                 result = result.model_copy(update={"state_hint": written[0].decode(), "state_revision": written[1]})
-            await self.topology.js.publish(
-                work_subject(task.priority, following, task.task_id),
-                result.pack(),
-                headers={"Nats-Msg-Id": f"{task.task_id}.{following.value}.run{job.status.run}"},
-            )
+            await enqueue(self.topology.js, result, following, job.status.run)
         self._remember_finished(task.task_id, job.status.run)
         await msg.ack()
         self.counters.succeeded += 1

@@ -43,9 +43,9 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
-from shared.events import EventKind, Snapshot, TaskEvent, change_subject
-from shared.messages import EVENTS_STREAM, event_subject
+from shared.events import EventKind, Snapshot, TaskEvent
 from shared.state import TaskStatus, parse_time
+from shared.wire import EVENTS_STREAM, change_subject, event_subject, terminal_event_id
 
 if TYPE_CHECKING:
     from shared.nats import Topology
@@ -193,7 +193,7 @@ class TaskStore:
         state is already written, so giving up here would leave subscribers without it. The message
         ids make every retry (and a republish after a crash) a duplicate the stream drops. One after
         the other, so that a stored change event proves the terminal one was stored (ensure_event)."""
-        terminal_id = f"{status.task_id}.{status.run}.{status.state.value}"
+        terminal_id = terminal_event_id(status.task_id, status.run, status.state.value)
         await self._publish(event_subject(status.task_name, status.state.value), status.to_json(), terminal_id)
         if change is not None:
             await self._publish(change.subject, change.to_json(), change.event_id)

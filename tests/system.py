@@ -23,7 +23,8 @@ import httpx
 import nats
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError, NotFoundError
 
-from shared.messages import EVENTS_SUBJECTS, PRIORITIES, WORKERS_BUCKET, work_stream
+from shared.messages import PRIORITIES
+from shared.wire import EVENTS_SUBJECTS, WORKERS_BUCKET, work_stream
 from tests.servers import start_nats
 
 STAGE_SERVICES = ("fetcher", "classifier", "upscaler", "uploader")

@@ -77,3 +77,44 @@ def test_a_process_that_runs_no_network_does_not_load_torch(entry: str) -> None:
     )
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+WIRE_PREFIXES = ("tm.", "task.changes", "task.events", "$KV.")
+
+
+def wire_literals(path: Path) -> list[str]:
+    """String literals (f-string parts included, docstrings not) that spell one of the project's subjects."""
+    tree = ast.parse(path.read_text(), str(path))
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return [
+        f"{path.name}:{node.lineno}: {node.value!r}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in docstrings
+        and node.value.startswith(WIRE_PREFIXES)
+    ]
+
+
+def test_subjects_are_spelled_only_in_the_wire_module() -> None:
+    sources = [p for folder in ("shared", "services") for p in sorted((ROOT / folder).rglob("*.py"))]
+    spelled = [
+        f"{path.parent.relative_to(ROOT)}/{hit}"
+        for path in sources
+        if path != ROOT / "shared" / "wire.py"
+        for hit in wire_literals(path)
+    ]
+    assert not spelled, "subjects are written once, in shared/wire.py:\n" + "\n".join(spelled)
+
+
+def test_the_wire_rule_sees_a_subject_in_an_f_string_not_in_a_docstring(tmp_path: Path) -> None:
+    source = tmp_path / "m.py"
+    source.write_text('"""Docs may say tm.work.p1."""\n\n\ndef f(p):\n    return f"tm.work.p{p}.>"\n')
+    assert wire_literals(source) == ["m.py:5: 'tm.work.p'"]

@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from shared.messages import PRIORITIES, Stage, consumer_name, work_stream  # noqa: E402
+from shared.messages import PRIORITIES, Stage  # noqa: E402
+from shared.wire import consumer_name, work_stream  # noqa: E402
 
 OUTPUT = Path(__file__).with_name("scaledobjects.yaml")
 NAMESPACE = "task-manager"

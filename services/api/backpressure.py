@@ -17,8 +17,9 @@ import structlog
 
 from services.api.deps import ContextDep
 from services.api.ratelimit import too_many
-from shared.messages import PRIORITIES, work_stream
+from shared.messages import PRIORITIES
 from shared.nats import Topology
+from shared.wire import work_stream
 
 READ_TTL_S = 1.0
 QUEUE_FULL_RETRY_AFTER_S = 5

@@ -15,8 +15,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 from nats.js.errors import NotFoundError
 
-from shared.events import live_changes_filter, task_changes_filter
-from shared.messages import EVENTS_STREAM
+from shared.wire import EVENTS_STREAM, live_changes_filter, task_changes_filter
 
 MAX_SEQUENCE = 2**64 - 1  # JetStream's sequences are uint64: nothing is stored after this one
 

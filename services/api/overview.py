@@ -17,14 +17,13 @@ from nats.aio.client import Client as NATS
 from nats.js.errors import NoKeysError, NotFoundError
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.messages import TASKS_BUCKET
 from shared.nats import Topology
 from shared.presence import VERSION
 from shared.queues import QueueSnapshot, snapshot
 from shared.state import TaskStatus, parse_time
+from shared.wire import TASK_ENTRIES_FILTER, TASKS_STREAM
 
 RECENT_TASKS = 20
-TASKS_STREAM = f"KV_{TASKS_BUCKET}"
 BATCH_WAIT_S = 2.0
 
 
@@ -161,7 +160,7 @@ async def recent_tasks(topology: Topology, limit: int = RECENT_TASKS) -> list[Ta
     end, span = state.last_seq + 1, limit * 8
     while end > state.first_seq and len(messages) < limit * 2:  # *2: some are delete markers
         start = max(state.first_seq, end - span)
-        for seq, msg in await _direct_batch(topology.nc, TASKS_STREAM, start, end - start, f"$KV.{TASKS_BUCKET}.>"):
+        for seq, msg in await _direct_batch(topology.nc, TASKS_STREAM, start, end - start, TASK_ENTRIES_FILTER):
             if seq < end:
                 messages[seq] = msg
         end, span = start, span * 4

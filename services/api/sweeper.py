@@ -29,10 +29,11 @@ from shared.config import Settings
 from shared.deadletters import dead_letter
 from shared.lease import Lease
 from shared.lifecycle import end_task
-from shared.messages import PRIORITIES, Stage, TaskMessage, work_stream
+from shared.messages import PRIORITIES, Stage, TaskMessage
 from shared.nats import Topology, max_deliveries
 from shared.state import TaskFinishedError, TaskState, TaskStatus, parse_time
 from shared.tasks import TaskGoneError, TaskStore
+from shared.wire import parse_work_subject, priority_filter, work_stream
 
 log = structlog.get_logger()
 
@@ -97,7 +98,7 @@ class Sweeper:
             while True:
                 try:
                     raw = await self.topology.js.get_msg(
-                        work_stream(priority), seq=seq, next=True, subject=f"tm.work.p{priority}.>"
+                        work_stream(priority), seq=seq, next=True, subject=priority_filter(priority)
                     )
                 except NotFoundError:
                     break
@@ -110,22 +111,21 @@ class Sweeper:
             self._next_look[priority] = now if considered else next_look
 
     async def _consider(self, raw: RawStreamMsg) -> None:
-        subject = raw.subject or ""
-        _, _, _, stage_name, task_id = subject.split(".", 4)
+        priority, stage, task_id = parse_work_subject(raw.subject or "")
         status = await self.store.get(task_id)
         if status is None or status.state.terminal:
             # Left behind by a deleted or finished task: its writer may have died before publishing the
             # event, removing the objects or acknowledging (purge). Finish that work, then remove it.
             await self._finish_ended(task_id, terminal=status is not None)
-            await self.topology.js.delete_msg(work_stream(int(subject.split(".")[2][1:])), raw.seq or 0)
+            await self.topology.js.delete_msg(work_stream(priority), raw.seq or 0)
             return
-        if self._abandoned(status, Stage(stage_name)):
+        if self._abandoned(status, stage):
             # Its last delivery started and never finished, and JetStream will not deliver it again;
             # the max-deliveries advisory was missed (e.g. while the lease changed hands).
-            await self.dead_letter_undeliverable(raw, status.subtask(Stage(stage_name)).attempts)
+            await self.dead_letter_undeliverable(raw, status.subtask(stage).attempts)
             return
         arrived = raw.time or datetime.now(UTC)
-        if not self._overdue(status, Stage(stage_name), arrived):
+        if not self._overdue(status, stage, arrived):
             return
         try:
             ended = await end_task(
@@ -133,15 +133,15 @@ class Sweeper:
                 self.store,
                 task_id,
                 TaskState.TIMEOUT,
-                f"waited more than {self.settings.queue_timeout_s:g} s in the {stage_name} queue",
-                still_wanted=lambda s: self._overdue(s, Stage(stage_name), arrived),
-                waiting_in=(Stage(stage_name), arrived),
+                f"waited more than {self.settings.queue_timeout_s:g} s in the {stage.value} queue",
+                still_wanted=lambda s: self._overdue(s, stage, arrived),
+                waiting_in=(stage, arrived),
             )
         except (TaskFinishedError, TaskGoneError):
             return
         if ended is not None:
             self.timed_out += 1
-            log.info("task_timed_out", task_id=task_id, stage=stage_name)
+            log.info("task_timed_out", task_id=task_id, stage=stage.value)
 
     async def _finish_ended(self, task_id: str, *, terminal: bool) -> None:
         """What the last writer of a deleted or ended task may not have lived to do."""
@@ -189,7 +189,7 @@ class Sweeper:
     async def dead_letter_undeliverable(self, raw: RawStreamMsg, deliveries: int | None) -> None:
         """A message no worker ever finished (each one crashed or went silent): fail its task for good."""
         task = TaskMessage.unpack(raw.data or b"")
-        stage = Stage((raw.subject or "").split(".")[3])
+        stage = parse_work_subject(raw.subject or "")[1]
         error = f"{stage.value}: delivered {deliveries} times without completing (workers crashed or hung)"
         try:
             await self.store.update(task.task_id, lambda s: s.fail(error, stage))

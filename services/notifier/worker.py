@@ -32,7 +32,6 @@ from services.notifier.delivery import deliver
 from shared.config import Settings
 from shared.egress import s3_endpoint, safe_url
 from shared.logging import configure_logging
-from shared.messages import EVENTS_STREAM, EVENTS_SUBJECTS
 from shared.metrics import WorkerMetrics
 from shared.nats import Topology, connect, declare
 from shared.netguard import AddressPolicy
@@ -41,6 +40,7 @@ from shared.stage import backoff_s
 from shared.state import TaskStatus
 from shared.tasks import TaskGoneError, TaskStore
 from shared.transport import guarded_client
+from shared.wire import EVENTS_STREAM, EVENTS_SUBJECTS, terminal_event_id
 
 CONSUMER = "notifier"
 SERVICE = "notifier"
@@ -140,7 +140,9 @@ class Notifier:
             await msg.ack()
             return
         attempt = msg.metadata.num_delivered or 1
-        event_id = (msg.headers or {}).get("Nats-Msg-Id") or f"{status.task_id}.{status.run}.{status.state.value}"
+        event_id = (msg.headers or {}).get("Nats-Msg-Id") or terminal_event_id(
+            status.task_id, status.run, status.state.value
+        )
         self.in_flight.add(status.task_id)
         began = time.monotonic()
         try:

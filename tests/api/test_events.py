@@ -10,8 +10,9 @@ import httpx
 import nats
 import pytest
 
-from shared.messages import TASKS_BUCKET, Stage
+from shared.messages import Stage
 from shared.tasks import TaskStore
+from shared.wire import TASKS_BUCKET
 from tests.api.conftest import SUBMISSION
 from tests.sse import collect, server_events
 from tests.system import System

@@ -18,10 +18,11 @@ from services.api.metrics import ApiMetrics
 from services.api.sweeper import Sweeper
 from shared.blobs import write_blob
 from shared.config import Settings
-from shared.messages import Stage, TaskMessage, input_object, output_object, work_subject
+from shared.messages import Stage, TaskMessage
 from shared.nats import Topology, connect, declare
 from shared.state import TaskStatus
 from shared.tasks import TaskStore
+from shared.wire import input_object, output_object, work_subject
 from tests.servers import NatsServer
 from tests.shared.test_events import ended_without_events, stored_terminal_events
 from tests.system import queued_messages

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from shared.messages import PIPELINE, PRIORITIES, Stage, consumer_name, work_filter, work_stream, work_subject
+from shared.messages import PIPELINE, PRIORITIES, Stage
 from shared.nats import Topology
 from shared.queues import ConsumerDepth, QueueSnapshot, format_age, snapshot
+from shared.wire import consumer_name, work_filter, work_stream, work_subject
 
 
 def consumer(found: QueueSnapshot, priority: int, stage: Stage) -> ConsumerDepth:

@@ -21,7 +21,8 @@ import yaml
 
 from shared.config import Settings
 from shared.contracts import catalog
-from shared.messages import PIPELINE, PRIORITIES, Stage, consumer_name, work_stream
+from shared.messages import PIPELINE, PRIORITIES, Stage
+from shared.wire import consumer_name, work_stream
 from tests.deploy.manifests import (
     DEPLOY,
     HAND_BACK_S,

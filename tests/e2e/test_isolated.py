@@ -11,7 +11,8 @@ import pytest
 from nats.aio.msg import Msg
 from nats.js.errors import NoKeysError
 
-from shared.messages import TASKS_BUCKET, Stage, queued_filter, work_stream
+from shared.messages import Stage
+from shared.wire import TASKS_BUCKET, queued_filter, work_stream
 from tests.e2e.images import photo
 from tests.servers import NatsServer, StaticHTTPServer
 from tests.system import System, wait_terminal

@@ -9,7 +9,8 @@ import httpx
 import nats
 import pytest
 
-from shared.messages import TASKS_BUCKET, Stage
+from shared.messages import Stage
+from shared.wire import TASKS_BUCKET
 from tests.e2e.images import photo
 from tests.e2e.test_isolated import QueueWatch, submit_many
 from tests.servers import S3Server, StaticHTTPServer

@@ -12,7 +12,8 @@ import pytest
 from nats.js.errors import NotFoundError
 from PIL import Image
 
-from shared.messages import BLOBS_BUCKET, PRIORITIES, input_object, output_object, work_stream
+from shared.messages import PRIORITIES
+from shared.wire import BLOBS_BUCKET, input_object, output_object, work_stream
 from tests.e2e.images import photo, size_of
 from tests.servers import S3Server, StaticHTTPServer
 from tests.system import System, wait_terminal

@@ -23,7 +23,8 @@ import httpx
 import nats
 from nats.js.errors import KeyNotFoundError
 
-from shared.messages import EVENTS_SUBJECTS, PRIORITIES, TASKS_BUCKET, work_stream
+from shared.messages import PRIORITIES
+from shared.wire import EVENTS_SUBJECTS, TASKS_BUCKET, work_stream
 from tests.e2e.images import photo
 from tests.servers import StaticHTTPServer
 from tests.system import System

@@ -23,8 +23,8 @@ import httpx
 import nats
 import pytest
 
-from shared.messages import TASKS_BUCKET, WORKERS_BUCKET
 from shared.state import utc_now
+from shared.wire import TASKS_BUCKET, WORKERS_BUCKET
 from tests.conftest import system_env
 from tests.e2e.images import photo
 from tests.faults.harness import (

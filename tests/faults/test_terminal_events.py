@@ -23,7 +23,7 @@ import nats
 import pytest
 from nats.js.errors import NotFoundError
 
-from shared.messages import BLOBS_BUCKET
+from shared.wire import BLOBS_BUCKET
 from tests.faults.harness import (
     TASK,
     TASKS,

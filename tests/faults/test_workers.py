@@ -16,7 +16,7 @@ import httpx
 import nats
 import pytest
 
-from shared.messages import TASKS_BUCKET
+from shared.wire import TASKS_BUCKET
 from tests.faults.harness import (
     TASKS,
     Outcome,

@@ -15,7 +15,7 @@ import pytest
 
 from services.notifier.delivery import H_EVENT_ID, H_SIGNATURE, H_TIMESTAMP, verify
 from services.notifier.worker import CONSUMER
-from shared.messages import EVENTS_STREAM
+from shared.wire import EVENTS_STREAM
 from tests.e2e.images import photo
 from tests.notifier.receiver import Receiver
 from tests.servers import StaticHTTPServer

@@ -28,7 +28,8 @@ import nats
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.messages import EVENTS_STREAM, EVENTS_SUBJECTS, Stage, queued_filter
+from shared.messages import Stage
+from shared.wire import EVENTS_STREAM, EVENTS_SUBJECTS, queued_filter
 from tests.e2e.images import photo
 from tests.servers import NatsServer, StaticHTTPServer
 from tests.system import System, wait_terminal, worker_records

@@ -21,9 +21,8 @@ import httpx
 import nats
 import pytest
 
-from shared.events import change_subject
-from shared.messages import EVENTS_STREAM
 from shared.state import parse_time
+from shared.wire import EVENTS_STREAM, change_subject
 from tests.conftest import system_env
 from tests.e2e.images import photo
 from tests.security import hostile

@@ -7,11 +7,12 @@ import json
 import pytest
 from nats.aio.msg import Msg
 
-from shared.events import EventKind, Snapshot, TaskEvent, task_changes_filter
-from shared.messages import EVENTS_STREAM, Stage, TaskMessage
+from shared.events import EventKind, Snapshot, TaskEvent
+from shared.messages import Stage, TaskMessage
 from shared.nats import Topology
 from shared.state import TaskState, TaskStatus, utc_now
 from shared.tasks import TaskStore
+from shared.wire import EVENTS_STREAM, task_changes_filter
 
 
 def step(status: TaskStatus, change, revision: int) -> TaskEvent | None:  # type: ignore[no-untyped-def]

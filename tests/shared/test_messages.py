@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import msgpack
 
-from shared.messages import Stage, TaskMessage, UpscaleOptions, next_stage, work_filter, work_subject
+from shared.messages import Stage, TaskMessage, UpscaleOptions, next_stage
+from shared.wire import work_filter, work_subject
 
 
 def test_task_message_round_trips_through_msgpack() -> None:

@@ -7,9 +7,10 @@ import time
 
 from nats.aio.msg import Msg
 
-from shared.messages import Stage, work_subject
+from shared.messages import Stage
 from shared.nats import Topology
 from shared.puller import PriorityPuller
+from shared.wire import work_subject
 
 
 async def publish(topology: Topology, priority: int, task_id: str, stage: Stage = Stage.FETCH) -> None:

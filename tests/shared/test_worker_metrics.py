@@ -13,12 +13,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from shared.config import Settings
 from shared.errors import InputError, RetryableError
 from shared.job import Job
-from shared.messages import Stage, TaskMessage, work_subject
+from shared.messages import Stage, TaskMessage
 from shared.metrics import WorkerMetrics
 from shared.nats import Topology
 from shared.stage import StageRunner
 from shared.state import TaskStatus
 from shared.tasks import TaskStore
+from shared.wire import work_subject
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

@@ -21,9 +21,10 @@ from services.api.deps import ContextDep
 from services.api.schemas import SubmitTaskRequest, SubmitTaskResponse, error
 from services.api.submission import SubmissionError, validate_callback, validate_submission
 from shared.egress import s3_endpoint
-from shared.messages import PIPELINE, TASKS_BUCKET, TaskMessage, work_subject
+from shared.messages import PIPELINE, TaskMessage
 from shared.netguard import AddressPolicy
 from shared.state import TaskStatus
+from shared.wire import enqueue, task_entry_subject
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
 T = TypeVar("T")
@@ -133,18 +134,12 @@ async def submit_task(
         options=options,
         submitted_at=record.submitted_at,
     )
-    updates = await ctx.topology.nc.subscribe(f"$KV.{TASKS_BUCKET}.{task_id}") if body.sync else None
+    updates = await ctx.topology.nc.subscribe(task_entry_subject(task_id)) if body.sync else None
     try:
         revision = await _through_failover(lambda: ctx.store.create(record))
         # The entry as written rides along: the fetcher's start writes on it without reading it first.
         first = message.model_copy(update={"state_hint": record.to_json().decode(), "state_revision": revision})
-        await _through_failover(
-            lambda: ctx.topology.js.publish(
-                work_subject(body.priority, PIPELINE[0], task_id),
-                first.pack(),
-                headers={"Nats-Msg-Id": f"{task_id}.{PIPELINE[0].value}.run1"},
-            )
-        )
+        await _through_failover(lambda: enqueue(ctx.topology.js, first, PIPELINE[0], run=1))
     except Exception as exc:  # NATS unreachable or JetStream unavailable: nothing was accepted
         if updates is not None:
             await updates.unsubscribe()
@@ -169,7 +164,7 @@ async def _existing_task(ctx: ContextDep, task_id: str, sync: bool) -> Any:
     if found is None:
         raise HTTPException(status.HTTP_409_CONFLICT, f"Idempotency-Key names task {task_id}, which was deleted")
     if sync and not found.state.terminal:
-        updates = await ctx.topology.nc.subscribe(f"$KV.{TASKS_BUCKET}.{task_id}")
+        updates = await ctx.topology.nc.subscribe(task_entry_subject(task_id))
         found = await _wait_until_finished(ctx, task_id, updates, ctx.settings.sync_wait_s) or found
     if sync and found.state.terminal:
         return JSONResponse(found.model_dump(mode="json"), status_code=status.HTTP_200_OK)
