@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 from bench.upscale import animevideo_net, test_images  # noqa: E402
 from services.upscaler import memory  # noqa: E402
-from services.upscaler.batcher import TileBatcher  # noqa: E402
+from services.upscaler.batcher import TileBatcher, run_image  # noqa: E402
 from services.upscaler.inference import Job, Network, TileRunner  # noqa: E402
 
 TILE_PAD = 10
@@ -61,7 +61,7 @@ def main() -> None:
 
     def one_by_one() -> None:
         for rgb in images:
-            runner.run(rgb, network, job)
+            run_image(runner, rgb, network, job)
 
     def shared(pool: ThreadPoolExecutor) -> None:
         list(pool.map(lambda rgb: batcher.run(rgb, network, job), images))

@@ -6,11 +6,12 @@
 
 Naive = what RealESRGANer.tile_process does: the whole image goes to the device as float32, tiles run one at
 a time in fp32 and are hard-cropped into a full-size float32 output on the device. Optimised = the engine:
-`services.upscaler.inference.TileRunner` with automatic tile and batch (`memory.choose`), fp16 and
-channels_last on CUDA. Throughput is input megapixels per second; peak memory is torch's peak allocation on
-CUDA and the peak resident set growth (VmHWM after resetting it) on the CPU. Weights: realesr-animevideov3
-from ../shared/models when present, else a random SRVGGNetCompact of the same shape (same cost); x4plus is a
-random RRDBNet of RealESRGAN_x4plus's shape. Only torch, numpy, Pillow and scikit-image are needed.
+`services.upscaler.inference.TileRunner` (driven by `batcher.run_image`) with automatic tile and batch
+(`memory.choose`), fp16 and channels_last on CUDA. Throughput is input megapixels per second; peak memory is
+torch's peak allocation on CUDA and the peak resident set growth (VmHWM after resetting it) on the CPU.
+Weights: realesr-animevideov3 from ../shared/models when present, else a random SRVGGNetCompact of the same
+shape (same cost); x4plus is a random RRDBNet of RealESRGAN_x4plus's shape. Only torch, numpy, Pillow and
+scikit-image are needed.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 
 from services.upscaler import arch, memory  # noqa: E402
+from services.upscaler.batcher import run_image  # noqa: E402
 from services.upscaler.inference import Job, Network, TileRunner  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
@@ -112,7 +114,7 @@ class Optimised:
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         sizing = memory.choose(self.net, self.device, self.dtype, rgb.shape[:2], tile=None, tile_pad=TILE_PAD)
         job = Job(tile=sizing.tile, tile_pad=TILE_PAD, feather=TILE_PAD // 2, batch=sizing.batch)
-        return self.runner.run(rgb, self.network, job)
+        return run_image(self.runner, rgb, self.network, job)
 
 
 class GpuUtilisation:

@@ -6,7 +6,8 @@ prometheus_client's global one, so tests can run several in one process) and ser
 deployment scraped from elsewhere sets 0.0.0.0, as the container images do), and port 0 by default, an
 ephemeral one, so any number of instances share a host. The URL goes into the worker's heartbeat as
 `metrics_url`. A service adds its own collectors (the upscaler's GPU memory and engine counters)
-through the handler's `collectors` attribute.
+through its StageHandler's `collectors` (shared/service.py). The notifier counts its deliveries here too,
+as the stage "notify".
 
     tm_stage_duration_seconds{stage,outcome}   histogram: time per message, as the stage_outcome log line
     tm_stage_messages_total{stage,outcome}     counter: outcome = succeeded|failed|retried|dropped|handed_back|error

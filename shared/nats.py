@@ -18,6 +18,7 @@ from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
+    DeliverPolicy,
     DiscardPolicy,
     KeyValueConfig,
     ObjectStoreConfig,
@@ -42,6 +43,7 @@ from shared.wire import (
     IDEMPOTENCY_BUCKET,
     LEASES_BUCKET,
     LIVE_CHANGES_SUBJECTS,
+    NOTIFIER_CONSUMER,
     SESSIONS_BUCKET,
     TASKS_BUCKET,
     WORKERS_BUCKET,
@@ -216,6 +218,21 @@ def stage_consumer_config(stage: Stage, priority: int, settings: Settings) -> Co
     )
 
 
+def notifier_consumer_config(settings: Settings) -> ConsumerConfig:
+    """The webhooks' consumer: every terminal event, kept in place while no notifier runs."""
+    return ConsumerConfig(
+        durable_name=NOTIFIER_CONSUMER,
+        description="Webhook deliveries (services/notifier)",
+        filter_subject=EVENTS_SUBJECTS,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=settings.webhook_timeout_s * 2 + 5,  # one delivery's deadline, with room to answer it
+        max_deliver=settings.webhook_max_attempts + 3,  # the notifier counts attempts; this stops a crash loop
+        max_ack_pending=-1,
+        num_replicas=settings.replicas,
+    )
+
+
 async def declare(nc: NATS, settings: Settings) -> Topology:
     """Create or update every stream, consumer, bucket and object store; return handles on them."""
     js = nc.jetstream()
@@ -229,6 +246,7 @@ async def declare(nc: NATS, settings: Settings) -> Topology:
     events_config.allow_direct = True  # the SSE endpoint reads a task's stored changes by direct gets
     events_config.republish = RePublish(src=CHANGES_SUBJECTS, dest=LIVE_CHANGES_SUBJECTS)  # ... and follows these
     await _ensure_stream(js, events_config)
+    await _ensure_consumer(js, EVENTS_STREAM, notifier_consumer_config(settings))
     dead = (
         "Dead letters: messages that failed for good, with their headers and error",
         settings.dead_letters_max_age_s,

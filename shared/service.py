@@ -1,9 +1,13 @@
-"""Start-up and shutdown shared by the stage services (`python -m services.<stage>`).
+"""Start-up and shutdown shared by the worker services: the stages (`python -m services.<stage>`) and
+the notifier.
 
 A service connects, declares the topology, announces itself in the workers bucket (shared/presence.py:
-a heartbeat key with a TTL, so a dead worker disappears from the dashboard by itself), runs its stage, and on
-SIGTERM/SIGINT stops taking work, finishes what it holds, drains the connection and logs one
-summary line.
+a heartbeat key with a TTL, so a dead worker disappears from the dashboard by itself), serves its
+/metrics, runs its runner, and on SIGTERM/SIGINT stops taking work, finishes what it holds, closes its
+clients, drains the connection and logs one summary line.
+
+    stage      make_handler(topology, settings) -> StageHandler; serve_stage runs it in a StageRunner
+    notifier   its own runner (services/notifier/worker.py) through serve()
 """
 
 from __future__ import annotations
@@ -11,8 +15,11 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from prometheus_client.registry import Collector
 
 from shared.config import Settings
 from shared.job import Handler
@@ -23,24 +30,62 @@ from shared.nats import Topology, connect, declare
 from shared.presence import VERSION, make_worker_id, presence
 from shared.stage import StageRunner
 
-HandlerFactory = Callable[[Topology, Settings], Awaitable[Handler]]
 InfoProvider = Callable[[], dict[str, Any]]
+Closer = Callable[[], Awaitable[None]]
 
 
-async def serve_stage(
-    service: str, stage: Stage, make_handler: HandlerFactory, info: InfoProvider | None = None
-) -> None:
+@dataclass(frozen=True)
+class StageHandler:
+    """What a stage service gives the runtime: its handler, and what the process serves and closes beside it."""
+
+    handle: Handler
+    collectors: Sequence[Collector] = ()  # served on the process's /metrics (the upscaler's GPU and engine)
+    describe: InfoProvider | None = None  # added to the heartbeat record (the upscaler's device and models)
+    aclose: Closer | None = None  # at shutdown, after the last message (the stage's S3 and HTTP clients)
+
+
+HandlerFactory = Callable[[Topology, Settings], Awaitable[StageHandler]]
+
+
+class Runner(Protocol):
+    """The loop a worker process runs: a StageRunner, the notifier."""
+
+    @property
+    def counters(self) -> Any: ...  # a dataclass of ints: the heartbeat's counters and the summary line
+
+    @property
+    def in_flight(self) -> Collection[str]: ...  # the task ids in hand
+
+    async def run(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Running:
+    """A service's runner, and what the process serves and closes beside it (as in StageHandler)."""
+
+    runner: Runner
+    collectors: Sequence[Collector] = ()
+    describe: InfoProvider | None = None
+    aclose: Closer | None = None
+
+
+Starter = Callable[[Topology, Settings, str, WorkerMetrics], Awaitable[Running]]
+
+
+async def serve(service: str, start: Starter) -> None:
+    """Run the service `start(topology, settings, worker_id, metrics)` builds, until SIGTERM or SIGINT."""
     settings = Settings()
     log = configure_logging(service)
     nc = await connect(settings, name=service)
     topology = await declare(nc, settings)
-    handler = await make_handler(topology, settings)
     worker_id = make_worker_id(service)
     metrics = WorkerMetrics(service, worker_id, VERSION)
-    for collector in getattr(handler, "collectors", ()):  # e.g. the upscaler's GPU memory and engine counters
+    running = await start(topology, settings, worker_id, metrics)
+    runner, describe = running.runner, running.describe
+    for collector in running.collectors:
         metrics.register(collector)
-    runner = StageRunner(stage, handler, topology, settings, worker_id, metrics)
-    info = info or getattr(handler, "describe", None)  # e.g. the upscaler's device and models
     metrics_url = metrics.serve(settings.metrics_host, settings.metrics_port)
 
     loop = asyncio.get_running_loop()
@@ -53,25 +98,41 @@ async def serve_stage(
             "in_flight": sorted(runner.in_flight),
             "counters": vars(runner.counters),
             "metrics_url": metrics_url,
-            **(info() if info else {}),
+            **(describe() if describe else {}),
         }
 
     began = time.monotonic()
-    log.info("service_started", worker_id=runner.worker_id, nats_url=settings.nats_url, metrics_url=metrics_url)
+    log.info("service_started", worker_id=worker_id, nats_url=settings.nats_url, metrics_url=metrics_url)
     try:
         async with presence(topology.workers, service, worker_id, settings.heartbeat_s, details):
             await runner.run()
     finally:
-        if (aclose := getattr(handler, "aclose", None)) is not None:  # e.g. the stage's S3 client
-            await aclose()
+        if running.aclose is not None:
+            await running.aclose()
         await nc.drain()
         log.info("service_stopped", uptime_s=round(time.monotonic() - began, 1), **vars(runner.counters))
 
 
-def main(service: str, stage: Stage, make_handler: HandlerFactory, info: InfoProvider | None = None) -> None:
+async def serve_stage(service: str, stage: Stage, make_handler: HandlerFactory) -> None:
+    """Run the stage whose handler `make_handler` builds, until SIGTERM or SIGINT."""
+
+    async def start(topology: Topology, settings: Settings, worker_id: str, metrics: WorkerMetrics) -> Running:
+        handler = await make_handler(topology, settings)
+        runner = StageRunner(stage, handler.handle, topology, settings, worker_id, metrics)
+        return Running(runner, handler.collectors, handler.describe, handler.aclose)
+
+    await serve(service, start)
+
+
+def run(serving: Coroutine[Any, Any, None]) -> None:
+    """Run a service's coroutine to the end, on uvloop where it is installed."""
     try:
         import uvloop  # the C event loop: cheaper I/O and callbacks for every NATS round trip
     except ImportError:
-        asyncio.run(serve_stage(service, stage, make_handler, info))
+        asyncio.run(serving)
     else:
-        uvloop.run(serve_stage(service, stage, make_handler, info))
+        uvloop.run(serving)
+
+
+def main(service: str, stage: Stage, make_handler: HandlerFactory) -> None:
+    run(serve_stage(service, stage, make_handler))

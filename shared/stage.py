@@ -3,7 +3,7 @@
 A stage service only supplies `handle(job)`. This module owns what must be the same everywhere:
 state transitions with compare-and-set, the mapping of errors to acknowledgements, in-progress
 acks while a handler makes progress, retries with backoff, dead letters, clean-up of a failed
-task's objects, and graceful shutdown.
+task's objects, and graceful shutdown (the slots and the hand-back: shared/consumer.py).
 
     success              -> publish to the next stage (or the handler finished the task), then
                             msg.ack(); the next stage's start records this one's end (one state
@@ -31,6 +31,7 @@ from nats.aio.msg import Msg
 
 from shared.blobs import discard_task_blobs
 from shared.config import Settings
+from shared.consumer import Slots, keep_in_progress, mark_in_progress
 from shared.deadletters import dead_letter
 from shared.errors import MAX_BACKOFF_S, PermanentError, RetryableError
 from shared.job import Handler, Job
@@ -93,37 +94,14 @@ class StageRunner:
         if metrics is not None:
             metrics.watch_in_flight(stage.value, lambda: len(self.in_flight))
         self._puller = PriorityPuller(topology.nc, stage)
-        self._stopping = asyncio.Event()
-        self._works: set[asyncio.Task[TaskMessage | None]] = set()
-        self._handing_back = False
+        self._slots = Slots(self._puller, self.process, settings.concurrency, settings.shutdown_grace_s, stage.value)
 
     async def run(self) -> None:
-        await self._puller.start()
-        slots = [asyncio.create_task(self._slot()) for _ in range(self.settings.concurrency)]
-        await self._stopping.wait()
-        await self._puller.close()
-        _, unfinished = await asyncio.wait(slots, timeout=self.settings.shutdown_grace_s)
-        if unfinished:
-            self._handing_back = True  # past the grace period: give the work back to other workers
-            for work in list(self._works):
-                work.cancel()
-            await asyncio.wait(unfinished, timeout=10)
+        await self._slots.run()
 
     def stop(self) -> None:
         """Stop taking messages; messages in hand are finished (or handed back after the grace period)."""
-        self._stopping.set()
-
-    async def _slot(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                msg = await self._puller.next()
-            except Exception as exc:  # NATS unavailable: keep trying, the client reconnects
-                log.warning("take_failed", stage=self.stage.value, error=str(exc))
-                await asyncio.sleep(0.5)
-                continue
-            if msg is None:
-                return
-            await self.process(msg)
+        self._slots.stop()
 
     async def process(self, msg: Msg) -> None:
         try:
@@ -175,10 +153,7 @@ class StageRunner:
             try:
                 await asyncio.wait_for(run_ended.wait(), timeout=self._keepalive_s)
             except TimeoutError:
-                try:
-                    await msg.in_progress()  # this delivery stays ours while it waits
-                except Exception as exc:
-                    log.warning("in_progress_failed", error=str(exc))
+                await mark_in_progress(msg)  # this delivery stays ours while it waits
 
     async def _finished_here(self, task_id: str) -> bool:
         """Whether this process finished this stage of the task's current run (rare: a redelivery)."""
@@ -221,7 +196,7 @@ class StageRunner:
         except RetryableError as exc:
             return await self._retry(msg, task, str(exc), exc.delay_s, attempt)
         except asyncio.CancelledError:
-            if not self._handing_back:
+            if not self._slots.handing_back:
                 raise
             await msg.nak()
             self.counters.handed_back += 1
@@ -246,28 +221,16 @@ class StageRunner:
 
     async def _run_watched(self, msg: Msg, job: Job) -> TaskMessage | None:
         """Run the handler; while it makes progress keep the message ours, cancel it when it stalls."""
-        work: asyncio.Task[TaskMessage | None] = asyncio.create_task(self.handler(job))
-        self._works.add(work)
-        try:
-            while True:
-                done, _ = await asyncio.wait({work}, timeout=self._keepalive_s)
-                if done:
-                    return work.result()
-                if job.waiting_locally:
-                    job.touch()
-                idle_s = time.monotonic() - job.last_activity
-                if idle_s > self.settings.stall_timeout_s:
-                    work.cancel()
-                    await asyncio.wait({work})
-                    raise StageStalledError(f"{self.stage.value} made no progress for {idle_s:.0f} s")
-                try:
-                    await msg.in_progress()
-                except Exception as exc:
-                    log.warning("in_progress_failed", error=str(exc))
-        finally:
-            self._works.discard(work)
-            if not work.done():
-                work.cancel()
+
+        def check_progress() -> None:
+            if job.waiting_locally:
+                job.touch()
+            idle_s = time.monotonic() - job.last_activity
+            if idle_s > self.settings.stall_timeout_s:
+                raise StageStalledError(f"{self.stage.value} made no progress for {idle_s:.0f} s")
+
+        work = self._slots.start_work(self.handler(job))
+        return await keep_in_progress(msg, work, self._keepalive_s, check_progress)
 
     async def _drop(self, msg: Msg, task: TaskMessage, reason: Exception) -> str:
         """Ack without working: the task was deleted or ended, or this stage already ran."""

@@ -104,6 +104,7 @@ def consumer_name(stage: Stage) -> str:
 # Task events: every terminal state (and, later, every change) on task.events.<task_name>.<state>
 EVENTS_STREAM = "TM_EVENTS"
 EVENTS_SUBJECTS = "task.events.>"
+NOTIFIER_CONSUMER = "notifier"  # durable pull consumer of the terminal events: the webhooks (services/notifier)
 
 
 def event_subject(task_name: str, state: str) -> str:

@@ -9,17 +9,21 @@ from contextlib import asynccontextmanager
 import structlog
 from fastapi import Depends, FastAPI
 
-from services.api.auth import UNAUTHORIZED, ApiKeyGuard, SignInRequired
-from services.api.backpressure import QueueDepth
-from services.api.bodylimit import BodySizeLimit
+from services.api import health
+from services.api.dashboard import routes as dashboard
+from services.api.dashboard.signin import DASHBOARD_401, show_sign_in, signin_router
 from services.api.deps import ApiContext
 from services.api.errors import install_error_handlers
+from services.api.guards.auth import UNAUTHORIZED, ApiKeyGuard, SignInRequired
+from services.api.guards.backpressure import QueueDepth
+from services.api.guards.bodylimit import BodySizeLimit
+from services.api.guards.ratelimit import TOO_MANY, RateLimiter, TokenBuckets
 from services.api.head import HeadAsGet
 from services.api.metrics import ApiMetrics
-from services.api.ratelimit import TOO_MANY, RateLimiter, TokenBuckets
-from services.api.routes import dashboard, events, health, task_control, tasks
-from services.api.routes.signin import DASHBOARD_401, show_sign_in, signin_router
 from services.api.sweeper import Sweeper
+from services.api.tasks import control as task_control
+from services.api.tasks import events
+from services.api.tasks import routes as tasks
 from shared.config import Settings
 from shared.nats import connect, declare
 from shared.presence import VERSION, make_worker_id, presence
@@ -71,14 +75,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(HeadAsGet)  # outermost: a HEAD is a GET all the way through
     # Access control in one place: with keys configured, /api/v1 and /dashboard need one (/health
     # and the docs stay open); every /api/v1 route spends a token of its client's bucket. Wrong keys
-    # spend their address's failure budget, one for every guard (services/api/auth.py).
+    # spend their address's failure budget, one for every guard (services/api/guards/auth.py).
     failures = TokenBuckets(config.auth_failure_per_s, config.auth_failure_burst)
     guard = [Depends(ApiKeyGuard(keys, failures))] if keys else []
     guarded = {**UNAUTHORIZED, **TOO_MANY} if keys else {}
     limiter = Depends(RateLimiter(config.rate_limit_per_s, config.rate_limit_burst))
     limited = [*guard, limiter]
     dashboard_guard, dashboard_errors = guard, guarded
-    if keys and config.dashboard_session_s:  # browsers sign in to the dashboard once (routes/signin.py)
+    if keys and config.dashboard_session_s:  # browsers sign in to the dashboard once (dashboard/signin.py)
         browser_guard = ApiKeyGuard(keys, failures, session_s=config.dashboard_session_s)
         dashboard_guard, dashboard_errors = [Depends(browser_guard)], {**DASHBOARD_401, **TOO_MANY}
         # Every sign-in attempt also spends a token of its address's rate-limit bucket.

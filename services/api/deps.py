@@ -13,7 +13,7 @@ from shared.nats import Topology
 from shared.tasks import TaskStore
 
 if TYPE_CHECKING:
-    from services.api.backpressure import QueueDepth
+    from services.api.guards.backpressure import QueueDepth
 
 
 @dataclass

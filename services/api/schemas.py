@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from pydantic.config import JsonDict
 
-from services.api.accepted import ARGS, CALLBACK_PATTERN, KWARGS, OUTPUT_FORMAT_RULE
+from services.api.tasks.accepted import ARGS, CALLBACK_PATTERN, KWARGS, OUTPUT_FORMAT_RULE
 from shared.messages import TASK_NAME, WholeNumber
 
 

@@ -13,9 +13,10 @@ from shared.blobs import read_image
 from shared.config import Settings
 from shared.errors import InputError
 from shared.images import DECODABLE_FORMATS, open_image, sniff_format
-from shared.job import Handler, Job
+from shared.job import Job
 from shared.messages import Classification, TaskMessage
 from shared.nats import Topology
+from shared.service import StageHandler
 
 
 def classify_bytes(
@@ -45,7 +46,7 @@ def _classify_jpeg(data: bytes) -> Classification:
     return classify(image, stored_size=stored_size)
 
 
-async def make_handler(topology: Topology, settings: Settings) -> Handler:
+async def make_handler(topology: Topology, settings: Settings) -> StageHandler:
     # The fetcher checked format and size already; checked again here, before decoding, so a task
     # fetched under looser settings never makes this process decode a bomb.
     formats, max_pixels = settings.accepted_formats(), settings.max_input_pixels
@@ -55,4 +56,4 @@ async def make_handler(topology: Topology, settings: Settings) -> Handler:
         classification = await asyncio.to_thread(classify_bytes, data, max_pixels, formats)
         return job.task.model_copy(update={"classification": classification})
 
-    return handle
+    return StageHandler(handle)

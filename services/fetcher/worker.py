@@ -8,16 +8,17 @@ from services.fetcher.sources import read_input
 from shared.blobs import pass_on
 from shared.config import Settings
 from shared.images import open_image
-from shared.job import Handler, Job
+from shared.job import Job
 from shared.messages import TaskMessage
 from shared.nats import Topology
 from shared.s3 import S3Client
+from shared.service import StageHandler
 from shared.transport import task_client
 
 INLINE_CHECK_BYTES = 1024 * 1024
 
 
-async def make_handler(topology: Topology, settings: Settings) -> Handler:
+async def make_handler(topology: Topology, settings: Settings) -> StageHandler:
     policy, http = task_client(settings, role="input")
     s3 = S3Client(max_connections=settings.concurrency * 2)
 
@@ -42,5 +43,8 @@ async def make_handler(topology: Topology, settings: Settings) -> Handler:
             update=await pass_on(topology, job.task, "input", data, settings.inline_image_max_bytes)
         )
 
-    handle.aclose = s3.close  # type: ignore[attr-defined]  # shared/service.py calls it at shutdown
-    return handle
+    async def aclose() -> None:
+        await http.aclose()
+        await s3.close()
+
+    return StageHandler(handle, aclose=aclose)

@@ -1,67 +1,51 @@
 """The notifier: POSTs a task's final status to its `callback_url` once the task has ended.
 
-A durable pull consumer ("notifier") on the terminal events (task.events.>, each the whole status)
-reads every ended task; one without a callback is acknowledged at once. A delivery that may pass
-later (a 5xx, 408, 425 or 429 answer, a timeout, a refused connection) is retried with exponential
-backoff through `nak(delay)`, up to TM_WEBHOOK_MAX_ATTEMPTS attempts; then, or at once for an answer
-no retry changes (another 4xx, a redirect, an address the SSRF rules refuse, a URL httpx cannot send
-to), a `webhook_failed` log line records the task, the URL and the last error, and the message is
-terminated. A delivery error nobody expected is retried like a 5xx. Each attempt's
-outcome is also written to the task's status (`callback`: retrying, delivered or failed, attempts, last
-result), after the message is answered, so a slow state write can never cause a second delivery.
+The durable pull consumer "notifier" on the terminal events (task.events.>, each the whole status;
+declared with the rest of the topology in shared/nats.py) reads every ended task; one without a
+callback is acknowledged at once. A delivery that may pass later (a 5xx, 408, 425 or 429 answer, a
+timeout, a refused connection) is retried with exponential backoff through `nak(delay)`, up to
+TM_WEBHOOK_MAX_ATTEMPTS attempts; then, or at once for an answer no retry changes (another 4xx, a
+redirect, an address the SSRF rules refuse, a URL httpx cannot send to), a `webhook_failed` log line
+records the task, the URL and the last error, and the message is terminated. A delivery error nobody
+expected is retried like a 5xx. Each attempt's outcome is also written to the task's status
+(`callback`: retrying, delivered or failed, attempts, last result), after the message is answered, so
+a slow state write can never cause a second delivery.
 
 Several notifiers share the consumer (each event goes to one of them); a durable consumer keeps its
-place, so a task that ends while no notifier runs still gets its callback when one starts.
+place, so a task that ends while no notifier runs still gets its callback when one starts. The process
+is a worker like the stages: shared/consumer.py takes the events `TM_CONCURRENCY` at a time (a delivery
+still running when the shutdown grace period ends is handed back with a nak), shared/service.py starts
+and stops it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
 from dataclasses import dataclass
 
 import httpx
-import nats.errors
 import structlog
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import BadRequestError
 
 from services.notifier.delivery import deliver
 from shared.config import Settings
+from shared.consumer import DurablePuller, Slots
 from shared.egress import s3_endpoint, safe_url
-from shared.logging import configure_logging
 from shared.metrics import WorkerMetrics
-from shared.nats import Topology, connect, declare
+from shared.nats import Topology
 from shared.netguard import AddressPolicy
-from shared.presence import VERSION, make_worker_id, presence
+from shared.service import Running, run, serve
 from shared.stage import backoff_s
 from shared.state import TaskStatus
 from shared.tasks import TaskGoneError, TaskStore
 from shared.transport import guarded_client
-from shared.wire import EVENTS_STREAM, EVENTS_SUBJECTS, terminal_event_id
+from shared.wire import EVENTS_STREAM, NOTIFIER_CONSUMER, terminal_event_id
 
-CONSUMER = "notifier"
 SERVICE = "notifier"
 STAGE_LABEL = "notify"  # its deliveries in the workers' tm_stage_* metrics, as if it were a stage
-FETCH_WAIT_S = 1.0
 MAX_BACKOFF_S = 600.0  # a receiver may be down for a while: webhook retries wait longer than stage retries
 log = structlog.get_logger()
-
-
-def consumer_config(settings: Settings) -> ConsumerConfig:
-    return ConsumerConfig(
-        durable_name=CONSUMER,
-        description="Webhook deliveries (services/notifier)",
-        filter_subject=EVENTS_SUBJECTS,
-        deliver_policy=DeliverPolicy.ALL,
-        ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=settings.webhook_timeout_s * 2 + 5,
-        max_deliver=settings.webhook_max_attempts + 3,  # attempts are counted here; this stops a crash loop
-        max_ack_pending=-1,
-        num_replicas=settings.replicas,
-    )
 
 
 @dataclass
@@ -70,62 +54,36 @@ class NotifierCounters:
     retried: int = 0
     failed: int = 0
     skipped: int = 0  # ended tasks without a callback_url
+    handed_back: int = 0  # deliveries still running when the shutdown grace period ended
 
 
 class Notifier:
+    """Delivers the webhook of every ended task, `concurrency` at a time, until stopped."""
+
     def __init__(
         self,
         topology: Topology,
         settings: Settings,
         client: httpx.AsyncClient,
-        worker_id: str,
         metrics: WorkerMetrics | None = None,
     ) -> None:
-        self.topology = topology
         self.metrics = metrics
         self.settings = settings
         self.client = client
-        self.worker_id = worker_id
         self.counters = NotifierCounters()
         self.store = TaskStore.of(topology)
         self.in_flight: set[str] = set()
-        self._stopping = asyncio.Event()
+        puller = DurablePuller(topology.js, EVENTS_STREAM, NOTIFIER_CONSUMER)
+        self._slots = Slots(puller, self.process, settings.concurrency, settings.shutdown_grace_s, STAGE_LABEL)
         if metrics is not None:
             metrics.watch_in_flight(STAGE_LABEL, lambda: len(self.in_flight))
 
-    def stop(self) -> None:
-        self._stopping.set()
-
     async def run(self) -> None:
-        """Take events, at most `concurrency` deliveries at a time, until stopped; then finish them."""
-        js = self.topology.js
-        try:
-            await js.add_consumer(EVENTS_STREAM, consumer_config(self.settings))
-        except BadRequestError as exc:  # exists with other settings: keep it (like the stage consumers)
-            log.warning("consumer_config_differs", consumer=CONSUMER, error=str(exc))
-        sub = await js.pull_subscribe_bind(durable=CONSUMER, stream=EVENTS_STREAM)
-        works: set[asyncio.Task[None]] = set()
-        try:
-            while not self._stopping.is_set():
-                if len(works) >= self.settings.concurrency:
-                    await asyncio.wait(works, return_when=asyncio.FIRST_COMPLETED)
-                    continue
-                try:
-                    msgs = await sub.fetch(batch=1, timeout=FETCH_WAIT_S)
-                except nats.errors.TimeoutError:
-                    continue
-                except Exception as exc:  # NATS unavailable: the client reconnects
-                    log.warning("take_failed", error=str(exc))
-                    await asyncio.sleep(0.5)
-                    continue
-                for msg in msgs:
-                    work = asyncio.create_task(self.process(msg))
-                    works.add(work)
-                    work.add_done_callback(works.discard)
-        finally:
-            if works:
-                await asyncio.wait(works, timeout=self.settings.shutdown_grace_s)
-            await sub.unsubscribe()
+        await self._slots.run()
+
+    def stop(self) -> None:
+        """Stop taking events; deliveries under way finish (or are handed back after the grace period)."""
+        self._slots.stop()
 
     async def process(self, msg: Msg) -> None:
         try:
@@ -143,24 +101,30 @@ class Notifier:
         event_id = (msg.headers or {}).get("Nats-Msg-Id") or terminal_event_id(
             status.task_id, status.run, status.state.value
         )
+        fields: dict[str, object] = {
+            "task_id": status.task_id,
+            "state": status.state.value,
+            "callback_url": safe_url(url),
+        }
         self.in_flight.add(status.task_id)
         began = time.monotonic()
         try:
             secret, timeout_s = self.settings.webhook_secret, self.settings.webhook_timeout_s
-            outcome = await deliver(self.client, url, status, event_id, secret, deadline_s=timeout_s)
+            # Its deadline ends it well within the consumer's ack wait: no in-progress acks needed.
+            delivery = deliver(self.client, url, status, event_id, secret, deadline_s=timeout_s)
+            outcome = await self._slots.start_work(delivery)
+        except asyncio.CancelledError:
+            if not self._slots.handing_back:
+                raise
+            await msg.nak()  # shutting down: another notifier sends it now, with the same event id
+            self.counters.handed_back += 1
+            self._observe("handed_back", began)
+            log.info("webhook_handed_back", attempt=attempt, **fields)
+            return
         finally:
             self.in_flight.discard(status.task_id)
-        fields = {
-            "task_id": status.task_id,
-            "state": status.state.value,
-            "callback_url": safe_url(url),
-            "attempt": attempt,
-            "result": outcome.detail,
-            "duration_ms": round((time.monotonic() - began) * 1000, 1),
-        }
-        if self.metrics is not None:
-            outcome_label = "delivered" if outcome.delivered else "retry" if outcome.retry else "failed"
-            self.metrics.observe(STAGE_LABEL, outcome_label, time.monotonic() - began)
+        fields.update(attempt=attempt, result=outcome.detail, duration_ms=round((time.monotonic() - began) * 1000, 1))
+        self._observe("delivered" if outcome.delivered else "retry" if outcome.retry else "failed", began)
         if outcome.delivered:
             await msg.ack()
             self.counters.delivered += 1
@@ -178,6 +142,10 @@ class Notifier:
             log.error("webhook_failed", event_id=event_id, max_attempts=self.settings.webhook_max_attempts, **fields)
             await self._record(status, "failed", attempt, outcome.detail)
 
+    def _observe(self, outcome: str, began: float) -> None:
+        if self.metrics is not None:
+            self.metrics.observe(STAGE_LABEL, outcome, time.monotonic() - began)
+
     async def _record(self, ended: TaskStatus, state: str, attempt: int, detail: str) -> None:
         """Write the attempt's outcome into the task's status; best effort (the webhook is answered for)."""
         try:
@@ -188,39 +156,12 @@ class Notifier:
             log.warning("callback_record_failed", task_id=ended.task_id, error=repr(exc))
 
 
-async def serve() -> None:
-    settings = Settings()
-    configure_logging(SERVICE)
-    nc = await connect(settings, name=SERVICE)
-    topology = await declare(nc, settings)
+async def start(topology: Topology, settings: Settings, worker_id: str, metrics: WorkerMetrics) -> Running:
+    """The notifier and its callback client (the same SSRF rules as the stages' task URLs)."""
     policy = AddressPolicy.from_settings(settings, s3_endpoint=s3_endpoint())
     client = guarded_client(policy, role="callback", timeout=httpx.Timeout(settings.webhook_timeout_s))
-    worker_id = make_worker_id(SERVICE)
-    metrics = WorkerMetrics(SERVICE, worker_id, VERSION)
-    notifier = Notifier(topology, settings, client, worker_id, metrics)
-    metrics_url = metrics.serve(settings.metrics_host, settings.metrics_port)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, notifier.stop)
-
-    def details() -> dict[str, object]:
-        return {
-            "concurrency": settings.concurrency,
-            "in_flight": sorted(notifier.in_flight),
-            "counters": vars(notifier.counters),
-            "metrics_url": metrics_url,
-        }
-
-    began = time.monotonic()
-    log.info("service_started", worker_id=worker_id, nats_url=settings.nats_url, metrics_url=metrics_url)
-    try:
-        async with presence(topology.workers, SERVICE, worker_id, settings.heartbeat_s, details):
-            await notifier.run()
-    finally:
-        await client.aclose()
-        await nc.drain()
-        log.info("service_stopped", uptime_s=round(time.monotonic() - began, 1), **vars(notifier.counters))
+    return Running(Notifier(topology, settings, client, metrics), aclose=client.aclose)
 
 
 def main() -> None:
-    asyncio.run(serve())
+    run(serve(SERVICE, start))

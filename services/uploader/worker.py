@@ -8,10 +8,11 @@ from shared.blobs import discard_task_blobs, read_image
 from shared.config import Settings
 from shared.egress import s3_endpoint
 from shared.images import OUTPUT_FORMATS, output_format
-from shared.job import Handler, Job
+from shared.job import Job
 from shared.messages import TaskMessage
 from shared.nats import Topology
 from shared.s3 import S3Client
+from shared.service import StageHandler
 from shared.transport import task_client
 
 
@@ -29,7 +30,7 @@ def task_result(task: TaskMessage) -> dict:
     }
 
 
-async def make_handler(topology: Topology, settings: Settings) -> Handler:
+async def make_handler(topology: Topology, settings: Settings) -> StageHandler:
     policy, http = task_client(settings, role="output")
     s3 = S3Client(max_connections=settings.concurrency * 2)
 
@@ -62,5 +63,8 @@ async def make_handler(topology: Topology, settings: Settings) -> Handler:
         if task.stored_objects:  # images that travelled in the messages left nothing to remove
             await discard_task_blobs(topology.blobs, task.task_id)
 
-    handle.aclose = s3.close  # type: ignore[attr-defined]  # shared/service.py calls it at shutdown
-    return handle
+    async def aclose() -> None:
+        await http.aclose()
+        await s3.close()
+
+    return StageHandler(handle, aclose=aclose)

@@ -17,6 +17,7 @@ Failures stay with the image they belong to:
 
 `TileBatcher` owns the device from one thread; callers in any thread block in `run` until their image is done,
 pasting its tiles' outputs into the image as they arrive (plan.py): host work stays off the device thread.
+`run_image` is the same scheduler driven by the calling thread, for one image alone (tests, benches).
 """
 
 from __future__ import annotations
@@ -215,6 +216,26 @@ def _plans_of(entries: list[Entry]) -> list[ImagePlan]:
     return list(seen.values())
 
 
+@torch.inference_mode()
+def run_image(
+    runner: TileRunner,
+    pixels: np.ndarray,
+    network: Network,
+    job: Job,
+    progress: Callable[[float], None] | None = None,
+) -> np.ndarray:
+    """The (H * scale) x (W * scale) x C output of `network` over `pixels` (same dtype and channels).
+
+    One image, computed and pasted in the calling thread; `TileBatcher.run` shares batches between callers.
+    """
+    scheduler = Scheduler(runner)
+    plan = ImagePlan(runner, pixels, network, job, progress)
+    scheduler.add(plan)
+    while scheduler.busy():
+        scheduler.step()
+    return plan.result()
+
+
 class TileBatcher:
     """The device's single driver: images from any thread, batched together, highest priority first."""
 
@@ -234,7 +255,7 @@ class TileBatcher:
         priority: int = 0,
         cancel: threading.Event | None = None,
     ) -> np.ndarray:
-        """Like `TileRunner.run`, sharing batches with other callers; blocks until this image is done."""
+        """Like `run_image`, sharing batches with other callers; blocks until this image is done."""
         plan = ImagePlan(self.runner, pixels, network, job, progress, priority=priority, cancel=cancel)
         with self._wake:
             self._scheduler.add(plan)

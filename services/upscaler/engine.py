@@ -7,13 +7,15 @@ The network runs through `batcher.TileBatcher` (tiles, batches shared by the ima
 fp16 with fp32 fallback, OOM splitting), which owns the device from one thread;
 `outscale` then resizes with Lanczos, as RealESRGANer does (Pillow's Lanczos-3, where it uses OpenCV's
 Lanczos-4), to int(size * outscale) pixels.
+
+Layers, each importing only those below it: worker -> engine -> batcher (tile scheduler) -> plan (one image)
+-> inference (the device). The engine's `models` (modelcache.ModelCache) is the one place models are kept.
 """
 
 from __future__ import annotations
 
 import functools
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +24,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from services.upscaler import memory, weights
+from services.upscaler import memory
 from services.upscaler.alpha import RESIZE
 from services.upscaler.batcher import TileBatcher
 from services.upscaler.inference import Job, Network, Stats, TileRunner
+from services.upscaler.modelcache import ModelCache
 from services.upscaler.picture import Picture, from_pil
 from shared import modelfiles
 from shared.contracts import catalog
@@ -34,7 +37,6 @@ from shared.errors import ConfigurationError, InputError
 from shared.messages import Category, UpscaleOptions
 
 FALLBACK_SCALE = 4.0
-_PREPARED_NETS = 8  # nets kept converted / compiled (the weights cache holds 4)
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ def scaled_size(size: tuple[int, int], outscale: float) -> tuple[int, int]:
 
 
 class Upscaler:
-    """Turns pictures into larger pictures; one per worker process, models stay loaded between calls.
+    """Turns pictures into larger pictures; one per worker process, models stay loaded between calls (`models`).
 
     `default_tile`: tile size when a task names none (None: chosen from free memory and the model).
     `batch`: tiles per forward (None: from free memory). `feather`: overlap blended at tile edges (None: what
@@ -113,12 +115,11 @@ class Upscaler:
         # fp16 halves memory and roughly doubles throughput on GPUs; CPUs have no fast fp16 convs.
         self._dtype = torch.float16 if half and cuda else torch.float32
         self.channels_last = cuda if channels_last is None else channels_last
-        self.compile = compile
         self.stats = Stats()
         self._runner = runner_class(self._device, self.stats, channels_last=self.channels_last)
         self._batcher = TileBatcher(self._runner)
+        self.models = ModelCache(self._device, channels_last=self.channels_last, compile=compile)
         self._preparing = threading.RLock()  # model loads and sizing probes, one caller at a time
-        self._prepared_nets: OrderedDict[int, tuple[nn.Module, nn.Module]] = OrderedDict()
         if cuda:
             torch.backends.cudnn.benchmark = True  # tiles of one image share a shape; autotune it once
 
@@ -133,7 +134,7 @@ class Upscaler:
             "device_name": "CPU",
             "precision": "fp16" if self._dtype == torch.float16 else "fp32",
             "tile": "auto" if self.default_tile is None else self.default_tile,
-            "models_loaded": ", ".join(weights.loaded_names()) or "none",
+            "models_loaded": ", ".join(self.models.loaded_names()) or "none",
             "models_installed": ", ".join(n for n in catalog.MODELS if modelfiles.is_installed(n, self.model_dir)),
             "tiles": self.stats.tiles,
             "fp16_fallbacks": self.stats.fp16_fallbacks,
@@ -213,16 +214,16 @@ class Upscaler:
         self, picture: Picture, name: str, denoise: float | None, options: UpscaleOptions
     ) -> tuple[Network, Job]:
         """The loaded network and how to cut `picture` for it."""
-        model = weights.load_model(name, self.model_dir, self._device, self._dtype, denoise)
+        warm = self.models.get(name, self.model_dir, self._dtype, denoise)
+        model = warm.loaded
         fp32: Callable[[], nn.Module] | None = None
         if self._dtype != torch.float32:
 
             def fp32() -> nn.Module:
                 with self._preparing:  # called from the batcher's thread
-                    twin = weights.load_model(name, self.model_dir, self._device, torch.float32, denoise)
-                    return self._prepared(twin.net)
+                    return self.models.get(name, self.model_dir, torch.float32, denoise).runnable
 
-        network = Network(self._prepared(model.net), model.scale, self._dtype, fp32)
+        network = Network(warm.runnable, model.scale, self._dtype, fp32)
         tile = self.default_tile if options.tile is None else options.tile
         tile_pad, feather = tile_overlap(options, name, self.feather)
         alpha_mode = options.alpha_mode or DEFAULT_ALPHA_MODE
@@ -259,17 +260,3 @@ class Upscaler:
             check_output_size(scaled_size(size, final), self.max_output_pixels)
         except ValueError as exc:
             raise InputError(str(exc)) from exc
-
-    def _prepared(self, net: nn.Module) -> nn.Module:
-        """`net` in channels_last (in place) and compiled, as configured, once per loaded net."""
-        key = id(net)
-        if key in self._prepared_nets:
-            self._prepared_nets.move_to_end(key)
-            return self._prepared_nets[key][1]
-        if self.channels_last:
-            net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        prepared: nn.Module = torch.compile(net) if self.compile else net  # type: ignore[assignment]
-        self._prepared_nets[key] = (net, prepared)  # the net is kept too, so its id is not reused meanwhile
-        while len(self._prepared_nets) > _PREPARED_NETS:
-            self._prepared_nets.popitem(last=False)
-        return prepared

@@ -6,8 +6,9 @@ comes back, so only uint8/uint16 cross the bus. On CUDA the uploads and download
 from pinned buffers: `submit` queues a batch and returns at once, `collect` waits for its output, so the
 caller keeps one batch in flight while the previous one is pasted (see batcher.py).
 
-Which tiles make a batch, and what happens to them on failure, is decided in batcher.py (across images)
-and plan.py (within one image); `TileRunner.run` is the one-image entry point.
+This module is the bottom of the upscaler and imports none of the modules above it: plan.py (one image's
+tiles) decides what happens to a tile on failure, batcher.py (across images) which tiles make a batch, and
+engine.py which network and tile sizes an image gets.
 """
 
 from __future__ import annotations
@@ -69,12 +70,6 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(text in str(exc).lower() for text in _OOM_MESSAGES)
 
 
-def _reflect_pad(image: np.ndarray, bottom: int, right: int) -> np.ndarray:
-    if bottom == 0 and right == 0:
-        return image
-    return np.pad(image, ((0, bottom), (0, right), (0, 0)), mode="reflect")
-
-
 class TileRunner:
     """Runs networks over H x W x C uint8/uint16 arrays on one device; keeps streams and pinned buffers."""
 
@@ -87,24 +82,6 @@ class TileRunner:
         self._streams = (torch.cuda.Stream(device), torch.cuda.Stream(device)) if self._cuda else None
         self._pinned: dict[tuple[str, int], Tensor] = {}
         self._submitted = 0
-
-    @torch.inference_mode()
-    def run(
-        self, pixels: np.ndarray, network: Network, job: Job, progress: Callable[[float], None] | None = None
-    ) -> np.ndarray:
-        """The (H * scale) x (W * scale) x C output of `network` over `pixels` (same dtype and channels).
-
-        One image in the calling thread; `batcher.TileBatcher` runs several at once, batching their tiles.
-        """
-        from services.upscaler.batcher import Scheduler  # the scheduler drives this runner
-        from services.upscaler.plan import ImagePlan
-
-        scheduler = Scheduler(self)
-        plan = ImagePlan(self, pixels, network, job, progress)
-        scheduler.add(plan)
-        while scheduler.busy():
-            scheduler.step()
-        return plan.result()
 
     def submit(
         self, windows: list[np.ndarray], network: Network, job: Job, max_value: int, opaque: bool, pad_to: int

@@ -18,8 +18,8 @@ import torch
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from services.upscaler import weights
 from services.upscaler.inference import Stats
+from services.upscaler.modelcache import ModelCache
 
 
 class Engine(Protocol):
@@ -27,6 +27,7 @@ class Engine(Protocol):
 
     device: str
     stats: Any  # a dataclass instance; inference.Stats
+    models: ModelCache
 
 
 def stats_counters(stats: Any, device: str) -> list[CounterMetricFamily]:
@@ -63,7 +64,7 @@ class UpscalerCollector:
         if device.type == "cuda":
             yield gpu_memory(device)
         loads = _load_family()
-        for model, seconds in sorted(weights.load_seconds.items()):
+        for model, seconds in sorted(self.engine.models.load_seconds().items()):
             loads.add_metric([model], seconds)
         yield loads
 

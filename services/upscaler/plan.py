@@ -180,7 +180,7 @@ class ImagePlan:
         self.runner.stats.tiles += 1
         self.delivered += 1
         if threading.get_ident() == self._owner:
-            self._paste(tile)  # one image in its own thread (TileRunner.run): paste at once, nothing piles up
+            self._paste(tile)  # one image in its own thread (batcher.run_image): paste at once, nothing piles up
         else:
             self._arrived.put(np.array(tile) if shared else tile)
 

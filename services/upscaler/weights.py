@@ -1,5 +1,5 @@
-"""Loading weights into networks, and keeping loaded models warm (where the files live and their download:
-shared/modelfiles.py).
+"""Loading weights into networks (where the files live and their download: shared/modelfiles.py; keeping
+loaded models warm: modelcache.py).
 
 Checkpoints are parsed in one place (`read_state_dict`: `params_ema`, else `params`, else the bare dict)
 and always with `weights_only=True`, so a weight file cannot run code.
@@ -7,9 +7,6 @@ and always with `weights_only=True`, so a weight file cannot run code.
 
 from __future__ import annotations
 
-import threading
-import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +17,6 @@ from services.upscaler import arch
 from shared.contracts import catalog
 from shared.errors import ConfigurationError
 from shared.modelfiles import require
-
-_CACHE_SIZE = 4  # loaded nets kept per process; the largest official one is ~67 MB in fp32
 
 
 @dataclass(frozen=True)
@@ -55,10 +50,15 @@ def blend_state_dicts(a: dict[str, Tensor], b: dict[str, Tensor], weights: tuple
     return {key: weights[0] * a[key] + weights[1] * b[key] for key in a}
 
 
-_cache: OrderedDict[tuple[str, ...], LoadedModel] = OrderedDict()
-_cache_lock = threading.Lock()
-# Seconds the last load of each model took (read, build, move to the device): its /metrics gauge.
-load_seconds: dict[str, float] = {}
+def weight_files(name: str, model_dir: Path, denoise_strength: float | None = None) -> tuple[Path, ...]:
+    """The files official model `name` is built from: its own, then the wdn weights when `denoise_strength` blends.
+
+    Raises ConfigurationError, naming the install command, when one is missing.
+    """
+    path = require(name, model_dir)
+    if name == catalog.DENOISE_MODEL and denoise_strength is not None and denoise_strength != 1:
+        return path, require(catalog.DENOISE_HELPER, model_dir)
+    return (path,)
 
 
 def load_model(
@@ -68,55 +68,27 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     denoise_strength: float | None = None,
 ) -> LoadedModel:
-    """Load official model `name` from `model_dir` onto `device`, reusing a net this process loaded before.
+    """Load official model `name` from `model_dir` onto `device` (every call reads the files again: an engine
+    keeps its models in a `modelcache.ModelCache`).
 
     `denoise_strength` s (realesr-general-x4v3 only) blends it with the wdn weights as [s, 1 - s].
     Raises ConfigurationError when a weight file is missing or does not fit either architecture.
     """
-    path = require(name, model_dir)
-    blend = name == catalog.DENOISE_MODEL and denoise_strength is not None and denoise_strength != 1
-    helper = require(catalog.DENOISE_HELPER, model_dir) if blend else None
-    # Path and mtime are part of the key so two model dirs, or a re-downloaded file, never share a net.
-    files = (path, helper) if helper is not None else (path,)
-    stamp = ",".join(f"{p.resolve()}@{p.stat().st_mtime_ns}" for p in files)
-    key = (name, stamp, str(device), str(dtype), f"{denoise_strength}" if blend else "")
-    with _cache_lock:
-        if key in _cache:
-            _cache.move_to_end(key)
-            return _cache[key]
-        began = time.perf_counter()
-        state = read_state_dict(path)
-        if helper is not None and denoise_strength is not None:
-            state = blend_state_dicts(state, read_state_dict(helper), (denoise_strength, 1 - denoise_strength))
-        try:
-            arch_name, kwargs = arch.detect(state)
-            net = arch.from_state_dict(state)
-        except (ValueError, RuntimeError, KeyError) as exc:
-            raise ConfigurationError(f"{path}: not a Real-ESRGAN checkpoint this service can load: {exc}") from exc
-        net = net.to(device=device, dtype=dtype).requires_grad_(False)
-        model = LoadedModel(
-            name=name,
-            net=net,
-            arch=arch_name,
-            scale=int(kwargs.get("scale", kwargs.get("upscale", 4))),
-            in_channels=int(kwargs["num_in_ch"]),
-            device=device,
-            dtype=dtype,
-        )
-        _cache[key] = model
-        load_seconds[name] = time.perf_counter() - began
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
-        return model
-
-
-def loaded_names() -> list[str]:
-    """Names of the models this process holds loaded, most recently used last."""
-    with _cache_lock:
-        return list(dict.fromkeys(model.name for model in _cache.values()))
-
-
-def clear_cache() -> None:
-    """Forget every loaded net (tests; freeing device memory)."""
-    with _cache_lock:
-        _cache.clear()
+    files = weight_files(name, model_dir, denoise_strength)
+    state = read_state_dict(files[0])
+    if len(files) > 1 and denoise_strength is not None:
+        state = blend_state_dicts(state, read_state_dict(files[1]), (denoise_strength, 1 - denoise_strength))
+    try:
+        arch_name, kwargs = arch.detect(state)
+        net = arch.from_state_dict(state)
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise ConfigurationError(f"{files[0]}: not a Real-ESRGAN checkpoint this service can load: {exc}") from exc
+    return LoadedModel(
+        name=name,
+        net=net.to(device=device, dtype=dtype).requires_grad_(False),
+        arch=arch_name,
+        scale=int(kwargs.get("scale", kwargs.get("upscale", 4))),
+        in_channels=int(kwargs["num_in_ch"]),
+        device=device,
+        dtype=dtype,
+    )

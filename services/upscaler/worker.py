@@ -17,9 +17,10 @@ from services.upscaler.plan import Cancelled
 from shared.blobs import pass_on, read_image
 from shared.config import Settings
 from shared.images import open_image, output_format
-from shared.job import Handler, Job
+from shared.job import Job
 from shared.messages import Category, TaskMessage
 from shared.nats import Topology
+from shared.service import StageHandler
 from shared.state import TaskFinishedError
 from shared.tasks import TaskGoneError
 
@@ -72,7 +73,7 @@ def cpu_threads(configured: int | None = None) -> int:
     return len(usable) if usable else os.cpu_count() or 1
 
 
-async def make_handler(topology: Topology, settings: Settings, upscaler: Upscaler | None = None) -> Handler:
+async def make_handler(topology: Topology, settings: Settings, upscaler: Upscaler | None = None) -> StageHandler:
     """The upscale handler; its `describe()` reports the device and models for the dashboard."""
     engine = upscaler or Upscaler(
         settings.model_dir,
@@ -126,6 +127,4 @@ async def make_handler(topology: Topology, settings: Settings, upscaler: Upscale
             }
         )
 
-    handle.describe = engine.describe  # type: ignore[attr-defined]
-    handle.collectors = [UpscalerCollector(engine)]  # type: ignore[attr-defined]  # served on /metrics
-    return handle
+    return StageHandler(handle, collectors=[UpscalerCollector(engine)], describe=engine.describe)

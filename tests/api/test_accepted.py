@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 
 from services.api.schemas import SubmitTaskRequest
-from services.api.submission import SubmissionError, validate_submission
+from services.api.tasks.submission import SubmissionError, validate_submission
 
 TASK = "image_super_resolution_pipeline"
 SCHEMA = SubmitTaskRequest.model_json_schema()

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from services.api.auth import SESSION_COOKIE, ApiKeyGuard
-from services.api.ratelimit import TokenBuckets
+from services.api.guards.auth import SESSION_COOKIE, ApiKeyGuard
+from services.api.guards.ratelimit import TokenBuckets
 from tests.api.conftest import KEY_1, KEY_2, WRONG, api_only
 from tests.system import System
 

@@ -11,7 +11,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from services.api.routes.tasks import valid_id
+from services.api.tasks.routes import valid_id
 from tests.api.conftest import SUBMISSION, api_only
 
 SOME = uuid.uuid4()

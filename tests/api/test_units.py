@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from fastapi import HTTPException
 
-from services.api.auth import ApiKeyGuard
-from services.api.ratelimit import TokenBuckets
-from services.api.routes.events import resume_after
+from services.api.guards.auth import ApiKeyGuard
+from services.api.guards.ratelimit import TokenBuckets
+from services.api.tasks.events import resume_after
 
 
 class Clock:

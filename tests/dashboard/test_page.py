@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from services.api.dashboard_page import SECTIONS, cell, render_page, render_section
+from services.api.dashboard.page import SECTIONS, cell, render_page, render_section
 
 HOSTILE = "<script>alert(1)</script>"
 

@@ -14,8 +14,7 @@ import nats
 import pytest
 
 from services.notifier.delivery import H_EVENT_ID, H_SIGNATURE, H_TIMESTAMP, verify
-from services.notifier.worker import CONSUMER
-from shared.wire import EVENTS_STREAM
+from shared.wire import EVENTS_STREAM, NOTIFIER_CONSUMER
 from tests.e2e.images import photo
 from tests.notifier.receiver import Receiver
 from tests.servers import StaticHTTPServer
@@ -59,7 +58,7 @@ async def settled(system: System, timeout_s: float = 30) -> None:
     try:
         async with asyncio.timeout(timeout_s):
             while True:
-                info = await nc.jetstream().consumer_info(EVENTS_STREAM, CONSUMER)
+                info = await nc.jetstream().consumer_info(EVENTS_STREAM, NOTIFIER_CONSUMER)
                 if not info.num_ack_pending and not info.num_pending:
                     return
                 await asyncio.sleep(0.1)  # acks come with no event a client can await

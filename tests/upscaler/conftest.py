@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from services.upscaler import arch, weights
+from services.upscaler import arch
 from shared.contracts import catalog
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
@@ -35,13 +35,6 @@ def small_compact(upscale: int = 4, seed: int = 0) -> arch.SRVGGNetCompact:
 def small_rrdb(scale: int = 4, seed: int = 0) -> arch.RRDBNet:
     torch.manual_seed(seed)
     return arch.RRDBNet(3, 3, num_feat=16, num_block=2, num_grow_ch=8, scale=scale).eval()
-
-
-@pytest.fixture(autouse=True)
-def _fresh_model_cache() -> Iterator[None]:
-    weights.clear_cache()
-    yield
-    weights.clear_cache()
 
 
 @pytest.fixture

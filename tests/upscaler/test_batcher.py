@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from services.upscaler.batcher import BatchLimit, TileBatcher, _padded_size
+from services.upscaler.batcher import BatchLimit, TileBatcher, _padded_size, run_image
 from services.upscaler.engine import Upscaler
 from services.upscaler.inference import Job, Network, TileRunner
 from services.upscaler.plan import Cancelled
@@ -84,7 +84,7 @@ def test_tiles_of_several_images_share_batches_and_give_the_same_pixels(pool: Th
     net = CountingNet(small_compact())
     network = Network(net, 4)
     images = [_noise(64, 64, seed) for seed in range(3)]
-    alone = [TileRunner(CPU).run(image, network, JOB) for image in images]
+    alone = [run_image(TileRunner(CPU), image, network, JOB) for image in images]
     net.batch_sizes.clear()
 
     batcher = TileBatcher(TileRunner(CPU))
@@ -136,7 +136,7 @@ def test_an_image_that_breaks_a_shared_batch_fails_alone(pool: ThreadPoolExecuto
     _wait_queued(batcher, 3)
     parked.release()
 
-    expected = TileRunner(CPU).run(good, Network(small_compact(), 4), JOB)
+    expected = run_image(TileRunner(CPU), good, Network(small_compact(), 4), JOB)
     assert np.abs(futures[0].result(WAIT_S).astype(int) - expected.astype(int)).max() <= 1
     with pytest.raises(RuntimeError, match="pure white"):
         futures[1].result(WAIT_S)
@@ -179,7 +179,7 @@ def test_out_of_memory_in_a_shared_batch_halves_it_and_loses_nothing(pool: Threa
     _wait_queued(batcher, 4)
     parked.release()
     for future, image in zip(futures, images, strict=True):
-        expected = TileRunner(CPU).run(image, Network(base, 4), JOB)
+        expected = run_image(TileRunner(CPU), image, Network(base, 4), JOB)
         assert np.abs(future.result(WAIT_S).astype(int) - expected.astype(int)).max() <= 1
     assert batcher.runner.stats.oom_batch_halvings == 1
 

@@ -196,6 +196,7 @@ def test_automatic_tiles_and_counters(install) -> None:
     assert result.image.size == (1200, 360) and seen[-1] == 1.0 and len(seen) == engine.stats.tiles > 1
     info = engine.describe()
     assert info["tile"] == "auto" and info["fp16_fallbacks"] == 0 and info["tiles"] == engine.stats.tiles
+    assert info["models_loaded"] == ANIME  # the engine's own cache: what another engine loaded is not counted
 
 
 def test_device_selection() -> None:

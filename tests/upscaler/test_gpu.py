@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from services.upscaler import memory
+from services.upscaler.batcher import run_image
 from services.upscaler.engine import Upscaler
 from services.upscaler.inference import Job, Network, TileRunner
 from shared.messages import Category, UpscaleOptions
@@ -36,12 +37,12 @@ def test_pipelined_batches_equal_single_tiles_on_cuda() -> None:
     net = small_compact().to(cuda)
     pixels = np.random.default_rng(0).integers(0, 256, (150, 230, 4), dtype=np.uint8)
     runner = TileRunner(cuda)
-    one = runner.run(pixels, Network(net, 4), Job(tile=(32, 32), batch=1))
-    many = runner.run(pixels, Network(net, 4), Job(tile=(32, 32), batch=7))  # 40 tiles: a short last batch
-    sixteen = runner.run(pixels.astype(np.uint16) * 257, Network(net, 4), Job(tile=(32, 32), batch=7))
+    one = run_image(runner, pixels, Network(net, 4), Job(tile=(32, 32), batch=1))
+    many = run_image(runner, pixels, Network(net, 4), Job(tile=(32, 32), batch=7))  # 40 tiles: a short last batch
+    sixteen = run_image(runner, pixels.astype(np.uint16) * 257, Network(net, 4), Job(tile=(32, 32), batch=7))
     assert np.abs(one.astype(int) - many).max() <= 1
     assert np.abs(sixteen.astype(int) // 257 - many).max() <= 1
-    cpu = TileRunner(torch.device("cpu")).run(pixels, Network(small_compact(), 4), Job(tile=(32, 32)))
+    cpu = run_image(TileRunner(torch.device("cpu")), pixels, Network(small_compact(), 4), Job(tile=(32, 32)))
     assert np.abs(cpu.astype(int) - many).max() <= 1
 
 
@@ -61,7 +62,8 @@ def test_cuda_fp16_nan_falls_back_to_fp32() -> None:
             return torch.full_like(net(x.float()), float("nan")).half()
 
     runner = TileRunner(cuda, channels_last=True)
-    out = runner.run(
+    out = run_image(
+        runner,
         np.full((64, 64, 3), 90, np.uint8),
         Network(Broken(), 4, torch.float16, lambda: net),
         Job(tile=(32, 32), batch=4),

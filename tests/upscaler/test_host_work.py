@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from services.upscaler import codec, inference, picture, png, tiling
-from services.upscaler.batcher import TileBatcher
+from services.upscaler.batcher import TileBatcher, run_image
 from services.upscaler.engine import Upscaler
 from services.upscaler.inference import Job, Network, TileRunner
 from services.upscaler.worker import cpu_threads
@@ -91,7 +91,7 @@ def test_the_engine_gives_the_pixels_of_the_old_path(install, name: str) -> None
 
     # Before: one image in one thread, each tile pasted where it was computed; Pillow's PNG encoder.
     job = Job(tile=(48, 48), tile_pad=10, feather=5, batch=1)
-    before = TileRunner(CPU).run(source.pixels, Network(net, 4), job)
+    before = run_image(TileRunner(CPU), source.pixels, Network(net, 4), job)
     old = encode_image(source.with_pixels(before).to_pil(), "png")
 
     # Now: the engine's device thread computes, this thread pastes, the PNG is written in bands on a pool.
@@ -108,7 +108,7 @@ def test_outputs_in_reused_pinned_buffers_are_copied_before_the_device_thread_mo
     thread slowed down, the device thread runs ahead of it: the pixels must still be right."""
     net, pixels = small_compact(), np.random.default_rng(3).integers(0, 256, (70, 90, 3), dtype=np.uint8)
     job = Job(tile=(16, 24), tile_pad=4, batch=2)
-    expected = TileRunner(CPU).run(pixels, Network(net, 4), job)
+    expected = run_image(TileRunner(CPU), pixels, Network(net, 4), job)
 
     empty, paste = torch.empty, tiling.Canvas.paste
     monkeypatch.setattr(torch, "empty", lambda *a, pin_memory=False, **k: empty(*a, **k))

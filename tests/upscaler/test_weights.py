@@ -1,4 +1,4 @@
-"""Locating, reading, caching, blending and downloading weight files."""
+"""Locating, reading, blending and downloading weight files (keeping the loaded nets: test_modelcache.py)."""
 
 from __future__ import annotations
 
@@ -37,13 +37,22 @@ def test_missing_weights_name_file_dir_and_command(tmp_path: Path) -> None:
     assert "task-manager models download RealESRGAN_x4plus" in message
 
 
-def test_load_model_is_cached_per_device_and_dtype(install) -> None:
+def test_load_model_reads_the_architecture_and_dtype(install) -> None:
     model_dir = install("realesr-animevideov3", small_compact())
-    first = weights.load_model("realesr-animevideov3", model_dir, CPU)
-    assert weights.load_model("realesr-animevideov3", model_dir, CPU) is first
-    assert first.scale == 4 and first.arch == "SRVGGNetCompact" and first.in_channels == 3
+    model = weights.load_model("realesr-animevideov3", model_dir, CPU)
+    assert model.scale == 4 and model.arch == "SRVGGNetCompact" and model.in_channels == 3
+    torch.testing.assert_close(model.net.state_dict(), small_compact().state_dict())
     double = weights.load_model("realesr-animevideov3", model_dir, CPU, torch.float64)
-    assert double is not first and next(double.net.parameters()).dtype == torch.float64
+    assert all(p.dtype == torch.float64 and not p.requires_grad for p in double.net.parameters())
+
+
+def test_weight_files_add_the_wdn_helper_only_when_blending(install) -> None:
+    install("realesr-general-x4v3", small_compact(seed=1))
+    model_dir = install("realesr-general-wdn-x4v3", small_compact(seed=2))
+    helper = model_dir / catalog.get("realesr-general-wdn-x4v3").filename
+    assert weights.weight_files("realesr-general-x4v3", model_dir, 0.5)[1:] == (helper,)
+    assert len(weights.weight_files("realesr-general-x4v3", model_dir, 1.0)) == 1
+    assert len(weights.weight_files("realesr-general-x4v3", model_dir)) == 1
 
 
 def test_load_model_rejects_foreign_checkpoints(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ request of that address that presents a key is a 429 before the key is compared,
 cannot be told from a wrong one. A missing key is no guess and spends nothing.
 
 Browsers cannot add a header to a page load, so the dashboard's guard also takes a session cookie
-(`services/api/routes/signin.py` issues it for a valid key): `<key index>.<expiry>.<session id>.<HMAC>`
+(`services/api/dashboard/signin.py` issues it for a valid key): `<key index>.<expiry>.<session id>.<HMAC>`
 signed with the key's own digest, so every API replica verifies it without shared state, it ends at its
 expiry, and removing the key (and restarting) ends its sessions. It opens the /dashboard routes only.
 Signing out writes the random session id to the TM_SESSIONS KV bucket (kept one session lifetime, so
@@ -40,7 +40,7 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from services.api.deps import get_context
-from services.api.ratelimit import TokenBuckets, peer, too_many
+from services.api.guards.ratelimit import TokenBuckets, peer, too_many
 from services.api.schemas import ErrorResponse
 
 bearer_scheme = HTTPBearer(auto_error=False, description="`Authorization: Bearer <key>` with a key of TM_API_KEYS")

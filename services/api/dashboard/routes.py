@@ -9,10 +9,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from services.api.auth import SESSION_COOKIE
-from services.api.dashboard_page import render_page
+from services.api.dashboard.overview import DashboardData, Endpoint, collect
+from services.api.dashboard.page import render_page
 from services.api.deps import ContextDep
-from services.api.overview import DashboardData, Endpoint, collect
+from services.api.guards.auth import SESSION_COOKIE
 
 router = APIRouter(prefix="/dashboard", tags=["monitoring"])
 

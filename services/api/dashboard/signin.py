@@ -1,5 +1,5 @@
 """Signing a browser in to the dashboard when API keys are on: a form that takes a key and sets the
-session cookie (services/api/auth.py), and the page shown instead of a bare 401 to a browser.
+session cookie (services/api/guards/auth.py), and the page shown instead of a bare 401 to a browser.
 
 Only the /dashboard routes accept the cookie; the task API keeps needing a key in a header. Both forms
 refuse a browser's request sent from another origin's page (login CSRF: signing a victim's browser in
@@ -17,8 +17,8 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from services.api.auth import CHALLENGE, SESSION_COOKIE, UNAUTHORIZED, ApiKeyGuard, revoke
 from services.api.deps import ContextDep
+from services.api.guards.auth import CHALLENGE, SESSION_COOKIE, UNAUTHORIZED, ApiKeyGuard, revoke
 from services.api.schemas import error
 
 DASHBOARD = "/dashboard"

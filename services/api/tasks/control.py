@@ -6,8 +6,8 @@ import structlog
 from fastapi import APIRouter, HTTPException, status
 
 from services.api.deps import ContextDep
-from services.api.routes.tasks import TASK_ERRORS, valid_id
 from services.api.schemas import CleanupResponse, error
+from services.api.tasks.routes import TASK_ERRORS, valid_id
 from shared.blobs import discard_task_blobs
 from shared.lifecycle import end_task, purge_queued
 from shared.state import TaskFinishedError, TaskState, TaskStatus

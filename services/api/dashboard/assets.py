@@ -1,5 +1,5 @@
 """The dashboard page's HTML shell, style sheet and refresh script (inlined: one request, no static files
-to package). `<!--name-->` markers are filled in by services/api/dashboard_page.py."""
+to package). `<!--name-->` markers are filled in by services/api/dashboard/page.py."""
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
@@ -65,7 +65,7 @@ code{font:12px ui-monospace,SFMono-Regular,Menlo,monospace;background:#f0f2f5;pa
 .bar i{display:block;height:100%;background:#2186eb}
 """
 
-# Mirrors dashboard_page.cell and render_section; keep the two in step.
+# Mirrors page.cell and render_section; keep the two in step.
 SCRIPT = """
 (() => {
   const spec = JSON.parse(document.getElementById("dashboard-spec").textContent);

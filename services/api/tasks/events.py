@@ -1,7 +1,7 @@
 """A task's state changes as Server-Sent Events: GET /api/v1/tasks/{task_id}/events.
 
 The stream replays the task's change events stored in the TM_EVENTS stream, then follows live ones
-(services/api/changefeed.py), and ends after the terminal one. Each event's
+(services/api/tasks/changefeed.py), and ends after the terminal one. Each event's
 `id:` is its stream sequence, so a client that reconnects with `Last-Event-ID` (browsers' EventSource
 does it by itself) resumes after the last event it saw. A comment line every TM_EVENTS_KEEPALIVE_S
 keeps proxies from closing a quiet connection.
@@ -19,10 +19,10 @@ import structlog
 from fastapi import APIRouter, Header, HTTPException, status
 from fastapi.responses import StreamingResponse
 
-from services.api.changefeed import ChangeFeed
 from services.api.deps import ContextDep
-from services.api.routes.tasks import TASK_ERRORS, valid_id
 from services.api.schemas import error
+from services.api.tasks.changefeed import ChangeFeed
+from services.api.tasks.routes import TASK_ERRORS, valid_id
 from shared.events import EventKind, Snapshot, TaskEvent
 from shared.state import TaskState, TaskStatus
 from shared.tasks import TaskStore

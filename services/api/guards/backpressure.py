@@ -16,7 +16,7 @@ import time
 import structlog
 
 from services.api.deps import ContextDep
-from services.api.ratelimit import too_many
+from services.api.guards.ratelimit import too_many
 from shared.messages import PRIORITIES
 from shared.nats import Topology
 from shared.wire import work_stream

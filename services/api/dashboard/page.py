@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from html import escape
 from typing import Any
 
-from services.api.dashboard_assets import PAGE, SCRIPT, STYLE
+from services.api.dashboard.assets import PAGE, SCRIPT, STYLE
 from shared.queues import format_age
 
 REFRESH_MS = 2000
