@@ -36,7 +36,7 @@ from bench.load import tiny_png  # noqa: E402
 from shared.config import Settings  # noqa: E402
 from shared.messages import PIPELINE, TaskMessage  # noqa: E402
 from shared.nats import connect, declare  # noqa: E402
-from shared.state import TaskStatus  # noqa: E402
+from shared.taskstate.status import TaskStatus  # noqa: E402
 from shared.wire import consumer_name, work_stream, work_subject  # noqa: E402
 from tests.servers import start_nats  # noqa: E402
 

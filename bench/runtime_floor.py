@@ -3,7 +3,7 @@
     python bench/runtime_floor.py                      # 2000 tasks through 4 StageRunner processes
     python bench/runtime_floor.py --thread --log --metrics
 
-Each stage is a process running shared/stage.py's StageRunner (priority puller, compare-and-set start with
+Each stage is a process running shared/runtime/stage.py's StageRunner (priority puller, compare-and-set start with
 the state hint, change events, publish of the next message, ack) around a handler that returns the message
 as it came; the last stage writes SUCCESS, as the uploader does. The producer creates the task's entry and
 publishes its first message as the API does. `--thread` adds the hop to a worker thread every real
@@ -45,12 +45,12 @@ def run_stage(url: str, name: str, tasks: int, options: argparse.Namespace, spen
 
 async def _stage(name: str, tasks: int, options: argparse.Namespace) -> float:
     from shared.config import Settings
-    from shared.job import Job
     from shared.logging import configure_logging
     from shared.messages import Stage, TaskMessage
-    from shared.metrics import WorkerMetrics
     from shared.nats import connect, declare
-    from shared.stage import StageRunner
+    from shared.runtime.job import Job
+    from shared.runtime.metrics import WorkerMetrics
+    from shared.runtime.stage import StageRunner
 
     settings = Settings()
     configure_logging(name)
@@ -95,8 +95,8 @@ async def _produce(tasks: int, rate: float | None) -> float:
     from shared.config import Settings
     from shared.messages import PIPELINE, PRIORITIES, TaskMessage
     from shared.nats import connect, declare
-    from shared.state import TaskStatus
-    from shared.tasks import TaskStore
+    from shared.taskstate.status import TaskStatus
+    from shared.taskstate.store import TaskStore
     from shared.wire import work_subject
 
     nc = await connect(Settings(), name="producer")

@@ -2,7 +2,7 @@
 
 It runs in its own process (not a thread of the load generator) so that serving the fetchers'
 GETs never competes with the generator's event loop for the GIL, and so its CPU shows up on its own
-line. HTTP/1.1 keep-alive, unlike tests/servers.py's HTTP/1.0 server, so the fetchers and uploaders
+line. HTTP/1.1 keep-alive, unlike tests/servers/http.py's HTTP/1.0 server, so the fetchers and uploaders
 reuse their connections as they would with a real object store or CDN.
 
     python bench/sink.py FILE        # serves FILE's bytes at every GET path; prints "port <N>" when ready

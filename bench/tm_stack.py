@@ -23,7 +23,7 @@ import aiohttp
 from bench.harness import Harness
 from bench.workload import Job, Outcome
 from shared.messages import TASK_NAME
-from shared.state import TaskState
+from shared.taskstate.status import TaskState
 
 MAX_INFLIGHT_POSTS = 64  # a burst is sent as fast as the API answers, as bench/load.py's "max" does
 # uvicorn closes a keep-alive connection idle for 5 s; aiohttp's default 15 s would reuse one it is closing.

@@ -25,8 +25,8 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
-from shared.errors import RetryableError
 from shared.messages import TaskMessage
+from shared.runtime.errors import RetryableError
 from shared.wire import BLOBS_BUCKET, input_object, output_object
 
 if TYPE_CHECKING:

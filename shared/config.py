@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.errors import MAX_BACKOFF_S
+from shared.runtime.errors import MAX_BACKOFF_S
 
 
 def default_model_dir() -> Path:
@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     # comma-separated: e.g. "minio.internal,10.20.0.0/16".
     fetch_allowlist: str = ""
     # The one directory file:// inputs and outputs may name (after `..` and symbolic links are resolved,
-    # shared/localfiles.py); unset or empty: every file:// URL is refused. Independent of private networks.
+    # shared/egress/localfiles.py); unset or empty: every file:// URL is refused. Independent of private networks.
     file_root: Path | None = None
     fetch_max_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     fetch_timeout_s: float = Field(default=30.0, gt=0)
@@ -75,7 +75,7 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)
-    # Each stage process's own /metrics (shared/metrics.py). 0: an ephemeral free port, so many instances
+    # Each stage process's own /metrics (shared/runtime/metrics.py). 0: an ephemeral free port, so many instances
     # on one host never collide (the URL is in the worker's heartbeat); containers set 9464.
     metrics_port: int = Field(default=0, ge=0, le=65535)
     # Loopback: /metrics has no authentication; containers listen on 0.0.0.0 for Prometheus (Dockerfile).

@@ -17,7 +17,7 @@ import httpx
 
 from shared import config
 from shared.contracts import catalog
-from shared.errors import ConfigurationError
+from shared.runtime.errors import ConfigurationError
 
 MODEL_DIR_ENV = "TM_MODEL_DIR"
 _CHUNK_BYTES = 1 << 20

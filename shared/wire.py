@@ -145,7 +145,7 @@ def output_object(task_id: str) -> str:
     return f"{task_id}/output"
 
 
-# Change events: every change of a task, task.changes.<task_id>.<kind> (shared/events.py)
+# Change events: every change of a task, task.changes.<task_id>.<kind> (shared/taskstate/events.py)
 CHANGES_SUBJECTS = "task.changes.>"
 
 

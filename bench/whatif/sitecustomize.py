@@ -36,7 +36,7 @@ def blobs_kv() -> None:
     from nats.js.errors import KeyNotFoundError
 
     from shared import blobs as tm_blobs
-    from shared.errors import RetryableError
+    from shared.runtime.errors import RetryableError
 
     bucket_name = "TM_BENCH_BLOBS"
     buckets: dict[int, object] = {}
@@ -69,8 +69,8 @@ def blobs_kv() -> None:
 
 
 def no_change_events() -> None:
-    """Without the per-change events of shared/events.py (only the terminal events): their cost."""
-    from shared import tasks as tm_tasks
+    """Without the per-change events of shared/taskstate/events.py (only the terminal events): their cost."""
+    from shared.taskstate import store as tm_tasks
 
     async def announce(self, change) -> None:  # type: ignore[no-untyped-def]
         return None

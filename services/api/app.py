@@ -26,8 +26,8 @@ from services.api.tasks import events
 from services.api.tasks import routes as tasks
 from shared.config import Settings
 from shared.nats import connect, declare
-from shared.presence import VERSION, make_worker_id, presence
-from shared.tasks import TaskStore
+from shared.runtime.presence import VERSION, make_worker_id, presence
+from shared.taskstate.store import TaskStore
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

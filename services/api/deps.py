@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 from services.api.metrics import ApiMetrics
 from shared.config import Settings
 from shared.nats import Topology
-from shared.tasks import TaskStore
+from shared.taskstate.store import TaskStore
 
 if TYPE_CHECKING:
     from services.api.guards.backpressure import QueueDepth

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 
 from services.api.deps import ContextDep
 from services.api.schemas import HealthResponse
-from shared.presence import VERSION
+from shared.runtime.presence import VERSION
 
 router = APIRouter(tags=["monitoring"])
 

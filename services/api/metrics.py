@@ -16,7 +16,7 @@ from nats.aio.subscription import Subscription
 from nats.js.api import DeliverPolicy
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from shared.state import TaskStatus, parse_time
+from shared.taskstate.status import TaskStatus, parse_time
 from shared.wire import EVENTS_STREAM, EVENTS_SUBJECTS
 
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)

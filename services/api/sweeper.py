@@ -26,13 +26,13 @@ from nats.js.errors import NotFoundError
 
 from shared.blobs import discard_task_blobs
 from shared.config import Settings
-from shared.deadletters import dead_letter
-from shared.lease import Lease
-from shared.lifecycle import end_task
 from shared.messages import PRIORITIES, Stage, TaskMessage
 from shared.nats import Topology, max_deliveries
-from shared.state import TaskFinishedError, TaskState, TaskStatus, parse_time
-from shared.tasks import TaskGoneError, TaskStore
+from shared.runtime.deadletters import dead_letter
+from shared.runtime.lease import Lease
+from shared.taskstate.lifecycle import end_task
+from shared.taskstate.status import TaskFinishedError, TaskState, TaskStatus, parse_time
+from shared.taskstate.store import TaskGoneError, TaskStore
 from shared.wire import parse_work_subject, priority_filter, work_stream
 
 log = structlog.get_logger()

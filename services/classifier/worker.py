@@ -11,12 +11,12 @@ from PIL import JpegImagePlugin
 from services.classifier.classify import classify, draft_size
 from shared.blobs import read_image
 from shared.config import Settings
-from shared.errors import InputError
 from shared.images import DECODABLE_FORMATS, open_image, sniff_format
-from shared.job import Job
 from shared.messages import Classification, TaskMessage
 from shared.nats import Topology
-from shared.service import StageHandler
+from shared.runtime.errors import InputError
+from shared.runtime.job import Job
+from shared.runtime.service import StageHandler
 
 
 def classify_bytes(

@@ -12,9 +12,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from shared.config import Settings
-from shared.deadletters import discard_dead, get_dead, list_dead, replay_dead
 from shared.nats import Topology, bind, connect
-from shared.tasks import TaskStore
+from shared.runtime.deadletters import discard_dead, get_dead, list_dead, replay_dead
+from shared.taskstate.store import TaskStore
 
 
 def register(subparsers: Any) -> None:

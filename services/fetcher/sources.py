@@ -1,6 +1,6 @@
 """Read a task's input bytes from where its URL points: http(s)://, s3://bucket/key or file://.
 
-Every failure leaves here as a TaskError (mapped in shared/egress.py), so the worker maps it to an
+Every failure leaves here as a TaskError (mapped in shared/egress/failures.py), so the worker maps it to an
 acknowledgement in one place.
 """
 
@@ -15,12 +15,12 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 import httpx
 
-from shared.bodies import read_body
-from shared.egress import S3_ERRORS, http_status_error, http_transport_error, s3_error, safe_url
-from shared.errors import InputError, RetryableError
-from shared.localfiles import file_url_path, resolve_within
-from shared.netguard import AddressPolicy
-from shared.s3 import S3Client, s3_client
+from shared.egress.bodies import read_body
+from shared.egress.failures import S3_ERRORS, http_status_error, http_transport_error, s3_error, safe_url
+from shared.egress.localfiles import file_url_path, resolve_within
+from shared.egress.netguard import AddressPolicy
+from shared.egress.s3 import S3Client, s3_client
+from shared.runtime.errors import InputError, RetryableError
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _CHUNK_BYTES = 64 * 1024
@@ -39,7 +39,7 @@ async def read_input(
 ) -> bytes:
     """The bytes at `url`, at most `max_bytes` of them; raises InputError or RetryableError.
 
-    `http` must be a `shared.transport.guarded_client` with the same `policy`, which vets every address
+    `http` must be a `shared.egress.transport.guarded_client` with the same `policy`, which vets every address
     it connects to; here each URL (the given one and every redirect hop) is checked before its request.
     `deadline_s` bounds a whole HTTP download, redirects included, however slowly its bytes trickle in.
     `file_root` (TM_FILE_ROOT) is the directory file:// URLs must stay in; None refuses them all.
@@ -83,7 +83,7 @@ async def _read_http(
                     continue
                 if error := http_status_error(response.status_code, current, response.headers, role="input"):
                     raise error
-                # Bounded after decoding: a few KB of gzip can mean gigabytes (shared/bodies.py).
+                # Bounded after decoding: a few KB of gzip can mean gigabytes (shared/egress/bodies.py).
                 return await read_body(response, max_bytes, role="input", setting="TM_FETCH_MAX_BYTES")
         except httpx.InvalidURL as exc:
             raise InputError(f"invalid input URL ({exc}): {safe_url(current)}") from exc

@@ -7,13 +7,13 @@ import asyncio
 from services.fetcher.sources import read_input
 from shared.blobs import pass_on
 from shared.config import Settings
+from shared.egress.s3 import S3Client
+from shared.egress.transport import task_client
 from shared.images import open_image
-from shared.job import Job
 from shared.messages import TaskMessage
 from shared.nats import Topology
-from shared.s3 import S3Client
-from shared.service import StageHandler
-from shared.transport import task_client
+from shared.runtime.job import Job
+from shared.runtime.service import StageHandler
 
 INLINE_CHECK_BYTES = 1024 * 1024
 

@@ -1,6 +1,6 @@
 """One webhook delivery: the task's final status POSTed to its callback URL, signed and idempotent.
 
-The request goes through the guarded client (shared/transport.py), so the address actually connected
+The request goes through the guarded client (shared/egress/transport.py), so the address actually connected
 to passes the same SSRF rules as the fetcher's (no DNS-rebinding window), and redirects are not
 followed. One deadline (TM_WEBHOOK_TIMEOUT_S) bounds the whole delivery, and the answer's body is
 never read. Headers a receiver can rely on:
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import httpx
 import structlog
 
-from shared.errors import InputError
-from shared.state import TaskStatus
+from shared.runtime.errors import InputError
+from shared.taskstate.status import TaskStatus
 
 H_EVENT_ID = "Tm-Event-Id"
 H_TIMESTAMP = "Tm-Timestamp"

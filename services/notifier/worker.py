@@ -13,8 +13,8 @@ a slow state write can never cause a second delivery.
 
 Several notifiers share the consumer (each event goes to one of them); a durable consumer keeps its
 place, so a task that ends while no notifier runs still gets its callback when one starts. The process
-is a worker like the stages: shared/consumer.py takes the events `TM_CONCURRENCY` at a time (a delivery
-still running when the shutdown grace period ends is handed back with a nak), shared/service.py starts
+is a worker like the stages: shared/runtime/consumer.py takes the events `TM_CONCURRENCY` at a time (a delivery
+still running when the shutdown grace period ends is handed back with a nak), shared/runtime/service.py starts
 and stops it.
 """
 
@@ -30,16 +30,16 @@ from nats.aio.msg import Msg
 
 from services.notifier.delivery import deliver
 from shared.config import Settings
-from shared.consumer import DurablePuller, Slots
-from shared.egress import s3_endpoint, safe_url
-from shared.metrics import WorkerMetrics
+from shared.egress.failures import s3_endpoint, safe_url
+from shared.egress.netguard import AddressPolicy
+from shared.egress.transport import guarded_client
 from shared.nats import Topology
-from shared.netguard import AddressPolicy
-from shared.service import Running, run, serve
-from shared.stage import backoff_s
-from shared.state import TaskStatus
-from shared.tasks import TaskGoneError, TaskStore
-from shared.transport import guarded_client
+from shared.runtime.consumer import DurablePuller, Slots
+from shared.runtime.metrics import WorkerMetrics
+from shared.runtime.service import Running, run, serve
+from shared.runtime.stage import backoff_s
+from shared.taskstate.status import TaskStatus
+from shared.taskstate.store import TaskGoneError, TaskStore
 from shared.wire import EVENTS_STREAM, NOTIFIER_CONSUMER, terminal_event_id
 
 SERVICE = "notifier"

@@ -1,5 +1,5 @@
 from services.uploader.worker import make_handler
 from shared.messages import Stage
-from shared.service import main
+from shared.runtime.service import main
 
 main("uploader", Stage.UPLOAD, make_handler)

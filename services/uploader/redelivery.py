@@ -7,7 +7,7 @@ S3 objects by size and MD5 (the ETag of a single-part PUT), local files by conte
 HTTP PUT targets by a GET of the same URL. Presigned URLs cannot be read with their PUT signature:
 those are written again (the same bytes to the same key, so the result is the same).
 The GET's answer is the client's server talking: it is read at most one byte past our output's
-length (decoded, shared/bodies.py) within the upload's deadline, and any doubt means "upload again".
+length (decoded, shared/egress/bodies.py) within the upload's deadline, and any doubt means "upload again".
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 
-from shared.bodies import read_body
 from shared.contracts.destinations import HttpPut, LocalFile, S3Target, parse_destination
-from shared.localfiles import target_within
-from shared.s3 import S3Client, s3_client
+from shared.egress.bodies import read_body
+from shared.egress.localfiles import target_within
+from shared.egress.s3 import S3Client, s3_client
 
 _SIGNED = {"x-amz-signature", "signature"}
 

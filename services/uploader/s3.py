@@ -1,7 +1,7 @@
 """Write a task's output bytes to its destination: an S3 object, an HTTP PUT, or a local file.
 
 Every write replaces whatever is there, so a redelivered upload message simply writes again.
-Failures are mapped like the fetcher's reads (shared/egress.py): the destination's own
+Failures are mapped like the fetcher's reads (shared/egress/failures.py): the destination's own
 fault is an InputError, the network's or the server's a RetryableError.
 """
 
@@ -15,13 +15,13 @@ from pathlib import Path
 
 import httpx
 
-from shared.bodies import read_body
 from shared.contracts.destinations import HttpPut, LocalFile, S3Target, parse_destination
-from shared.egress import S3_ERRORS, http_status_error, http_transport_error, s3_error, safe_url
-from shared.errors import InputError, RetryableError
-from shared.localfiles import target_within
-from shared.netguard import AddressPolicy
-from shared.s3 import S3Client, s3_client
+from shared.egress.bodies import read_body
+from shared.egress.failures import S3_ERRORS, http_status_error, http_transport_error, s3_error, safe_url
+from shared.egress.localfiles import target_within
+from shared.egress.netguard import AddressPolicy
+from shared.egress.s3 import S3Client, s3_client
+from shared.runtime.errors import InputError, RetryableError
 
 ANSWER_MAX_BYTES = 64 * 1024  # a PUT target's answer we read (and forget) to keep its connection
 # Disk trouble that may clear up by itself; any other OSError (permissions, not a directory) will not.
@@ -45,7 +45,7 @@ async def write_output(
     `s3_endpoint` is the deployment's S3 endpoint URL, used only to recognise path-style URLs on it;
     the S3 client itself resolves its endpoint from the standard AWS environment and config files, and
     is not subject to `policy` (the operator chose it). PUT URLs are: `http` must be a
-    `shared.transport.guarded_client` with the same `policy`. `deadline_s` bounds a whole PUT.
+    `shared.egress.transport.guarded_client` with the same `policy`. `deadline_s` bounds a whole PUT.
     `file_root` (TM_FILE_ROOT) is the directory file:// URLs must stay in; None refuses them all.
     """
     match parse_destination(url, s3_endpoint=s3_endpoint):

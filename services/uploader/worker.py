@@ -6,14 +6,14 @@ from services.uploader.redelivery import already_delivered
 from services.uploader.s3 import write_output
 from shared.blobs import discard_task_blobs, read_image
 from shared.config import Settings
-from shared.egress import s3_endpoint
+from shared.egress.failures import s3_endpoint
+from shared.egress.s3 import S3Client
+from shared.egress.transport import task_client
 from shared.images import OUTPUT_FORMATS, output_format
-from shared.job import Job
 from shared.messages import TaskMessage
 from shared.nats import Topology
-from shared.s3 import S3Client
-from shared.service import StageHandler
-from shared.transport import task_client
+from shared.runtime.job import Job
+from shared.runtime.service import StageHandler
 
 
 def task_result(task: TaskMessage) -> dict:

@@ -1,5 +1,5 @@
 from services.upscaler.worker import make_handler
 from shared.messages import Stage
-from shared.service import main
+from shared.runtime.service import main
 
 main("upscaler", Stage.UPSCALE, make_handler)

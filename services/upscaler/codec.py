@@ -20,8 +20,8 @@ from PIL import Image
 
 from services.upscaler import png
 from services.upscaler.picture import Picture, exif_orientation, from_pil, orient
-from shared.errors import InputError
 from shared.images import encode_image, open_image
+from shared.runtime.errors import InputError
 
 PNG_SIGNATURE = png.SIGNATURE
 # PNG colour type -> (raw mode giving the high bytes, raw mode giving the low bytes, channels kept)

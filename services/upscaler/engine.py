@@ -33,8 +33,8 @@ from services.upscaler.picture import Picture, from_pil
 from shared import modelfiles
 from shared.contracts import catalog
 from shared.contracts.options import DEFAULT_ALPHA_MODE, check_output_size, tile_overlap, validate_options
-from shared.errors import ConfigurationError, InputError
 from shared.messages import Category, UpscaleOptions
+from shared.runtime.errors import ConfigurationError, InputError
 
 FALLBACK_SCALE = 4.0
 

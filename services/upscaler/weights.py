@@ -15,8 +15,8 @@ from torch import Tensor, nn
 
 from services.upscaler import arch
 from shared.contracts import catalog
-from shared.errors import ConfigurationError
 from shared.modelfiles import require
+from shared.runtime.errors import ConfigurationError
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,12 @@ from services.upscaler.plan import Cancelled
 from shared.blobs import pass_on, read_image
 from shared.config import Settings
 from shared.images import open_image, output_format
-from shared.job import Job
 from shared.messages import Category, TaskMessage
 from shared.nats import Topology
-from shared.service import StageHandler
-from shared.state import TaskFinishedError
-from shared.tasks import TaskGoneError
+from shared.runtime.job import Job
+from shared.runtime.service import StageHandler
+from shared.taskstate.status import TaskFinishedError
+from shared.taskstate.store import TaskGoneError
 
 log = structlog.get_logger()
 

@@ -1,7 +1,8 @@
 """The official Real-ESRGAN weights (where to get them, how to check them) and which serves which category.
 
 URLs come from xinntao/Real-ESRGAN `inference_realesrgan.py`; upstream publishes no checksums, so sizes and
-sha256 values are the ones pinned by OpenModelDB and other independent tables (see shared/models/README.md).
+sha256 values are the ones pinned by OpenModelDB and other independent tables (see ../shared/models/README.md
+in the reference folder beside the checkout).
 """
 
 from __future__ import annotations

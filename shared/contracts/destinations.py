@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from shared.errors import InputError
+from shared.runtime.errors import InputError
 
 # The AWS S3 host forms: s3, s3.<region>, s3-<region>, s3.dualstack.<region>, s3-fips..., and .com.cn.
 _AWS_S3_HOST = r"s3(?:-fips)?(?:[.-]dualstack)?(?:[.-][a-z0-9-]+)?\.amazonaws\.com(?:\.cn)?"

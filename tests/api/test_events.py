@@ -11,7 +11,7 @@ import nats
 import pytest
 
 from shared.messages import Stage
-from shared.tasks import TaskStore
+from shared.taskstate.store import TaskStore
 from shared.wire import TASKS_BUCKET
 from tests.api.conftest import SUBMISSION
 from tests.sse import collect, server_events

@@ -20,8 +20,8 @@ from shared.blobs import write_blob
 from shared.config import Settings
 from shared.messages import Stage, TaskMessage
 from shared.nats import Topology, connect, declare
-from shared.state import TaskStatus
-from shared.tasks import TaskStore
+from shared.taskstate.status import TaskStatus
+from shared.taskstate.store import TaskStore
 from shared.wire import input_object, output_object, work_subject
 from tests.servers import NatsServer
 from tests.shared.test_events import ended_without_events, stored_terminal_events

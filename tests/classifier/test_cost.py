@@ -13,8 +13,8 @@ from scipy import ndimage as ndi
 
 from services.classifier import classify as rules
 from services.classifier import features, filters, worker
-from shared.errors import InputError
 from shared.messages import Category
+from shared.runtime.errors import InputError
 from tests.classifier.images import draw_cartoon, draw_text_page, skimage_image
 
 

@@ -20,7 +20,7 @@ STAGE_MODULES = {
     "upload": "services.uploader",
 }
 WORKER_MODULES = (*STAGE_MODULES.values(), "services.notifier")
-HAND_BACK_S = 10  # shared/stage.py: after the grace period, unfinished work gets this long to be nak'ed
+HAND_BACK_S = 10  # shared/runtime/stage.py: after the grace period, unfinished work gets this long to be nak'ed
 # Variables the deployment files set that are not Settings fields: read by their own scripts (the
 # compose bucket and model-download one-shots).
 NOT_SETTINGS = {"TM_S3_BUCKET", "TM_MODELS", "TM_MODELS_MIRROR"}

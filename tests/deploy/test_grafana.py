@@ -19,7 +19,7 @@ from prometheus_client.metrics_core import Metric
 from services.api.metrics import ApiMetrics
 from services.upscaler.inference import Stats
 from services.upscaler.metrics import UpscalerCollector
-from shared.metrics import WorkerMetrics
+from shared.runtime.metrics import WorkerMetrics
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "task-manager.json"
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}

@@ -177,9 +177,9 @@ async def test_idempotency_key_returns_the_same_task(own_system: System, s3_buck
 async def test_a_message_that_kills_every_worker_is_dead_lettered(own_system: System, s3_bucket: str) -> None:
     """A worker that takes the message and dies (never acks) each time: after the last delivery
     JetStream gives up, and the sweeper fails the task and keeps the message as a dead letter."""
-    from shared.deadletters import list_dead
     from shared.messages import Stage
-    from shared.puller import PriorityPuller
+    from shared.runtime.deadletters import list_dead
+    from shared.runtime.puller import PriorityPuller
 
     await own_system.start("api")
     async with httpx.AsyncClient(base_url=own_system.api_url) as api:

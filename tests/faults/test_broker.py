@@ -23,7 +23,7 @@ import httpx
 import nats
 import pytest
 
-from shared.state import utc_now
+from shared.taskstate.status import utc_now
 from shared.wire import TASKS_BUCKET, WORKERS_BUCKET
 from tests.conftest import system_env
 from tests.e2e.images import photo

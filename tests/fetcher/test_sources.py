@@ -16,12 +16,12 @@ import httpx
 import pytest
 
 from services.fetcher.sources import read_input
-from shared import stage
-from shared.egress import http_status_error, retry_after_s, safe_url
-from shared.errors import MAX_BACKOFF_S, InputError, RetryableError
-from shared.netguard import AddressPolicy
-from shared.s3 import S3Client
-from shared.transport import guarded_client
+from shared.egress.failures import http_status_error, retry_after_s, safe_url
+from shared.egress.netguard import AddressPolicy
+from shared.egress.s3 import S3Client
+from shared.egress.transport import guarded_client
+from shared.runtime import stage
+from shared.runtime.errors import MAX_BACKOFF_S, InputError, RetryableError
 from tests.servers import S3Server, StaticHTTPServer
 
 MAX = 1024

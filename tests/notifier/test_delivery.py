@@ -9,9 +9,9 @@ import httpx
 import pytest
 
 from services.notifier.delivery import H_EVENT_ID, H_SIGNATURE, H_TIMESTAMP, deliver, verify
-from shared.netguard import AddressPolicy
-from shared.state import TaskState, TaskStatus
-from shared.transport import guarded_client
+from shared.egress.netguard import AddressPolicy
+from shared.egress.transport import guarded_client
+from shared.taskstate.status import TaskState, TaskStatus
 from tests.notifier.receiver import Receiver
 
 SECRET = "s3cret"

@@ -14,11 +14,11 @@ import pytest
 
 from services.notifier.worker import Notifier
 from shared.config import Settings
+from shared.egress.netguard import AddressPolicy
+from shared.egress.transport import guarded_client
 from shared.nats import Topology, connect, declare
-from shared.netguard import AddressPolicy
-from shared.state import TaskState, TaskStatus
-from shared.tasks import TaskStore
-from shared.transport import guarded_client
+from shared.taskstate.status import TaskState, TaskStatus
+from shared.taskstate.store import TaskStore
 from shared.wire import EVENTS_STREAM, EVENTS_SUBJECTS, NOTIFIER_CONSUMER
 from tests.notifier.receiver import Receiver
 from tests.servers import NatsServer

@@ -21,9 +21,9 @@ from services.classifier.worker import classify_bytes
 from services.upscaler import codec
 from services.upscaler.arch import SRVGGNetCompact
 from services.upscaler.engine import Upscaler
-from shared.errors import InputError
 from shared.images import open_image
 from shared.messages import UpscaleOptions
+from shared.runtime.errors import InputError
 from tests.security import hostile
 
 # Damaged metadata makes Pillow warn ("Corrupt EXIF data"); expected here, and not what is under test.

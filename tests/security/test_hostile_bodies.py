@@ -4,7 +4,7 @@ retry cap, and each task still ends the way it should.
 
 The system runs on its own NATS with TM_FETCH_MAX_BYTES at 8 MiB; a worker's peak RSS (sampled, and
 the kernel's high-water mark) must stay under its RSS before the task plus twice that limit. Before the
-bounded reader (shared/bodies.py), the bomb below took the fetcher from 75 MiB to 4,600 MiB.
+bounded reader (shared/egress/bodies.py), the bomb below took the fetcher from 75 MiB to 4,600 MiB.
 With -s the tests print the figures.
 """
 
@@ -21,7 +21,7 @@ import httpx
 import nats
 import pytest
 
-from shared.state import parse_time
+from shared.taskstate.status import parse_time
 from shared.wire import EVENTS_STREAM, change_subject
 from tests.conftest import system_env
 from tests.e2e.images import photo

@@ -23,11 +23,11 @@ from services.fetcher.sources import read_input
 from services.upscaler.arch import SRVGGNetCompact
 from services.upscaler.engine import Upscaler
 from services.upscaler.picture import Picture
-from shared.errors import InputError, RetryableError
+from shared.egress.netguard import AddressPolicy
+from shared.egress.transport import guarded_client
 from shared.images import open_image, sniff_format
 from shared.messages import Category, UpscaleOptions
-from shared.netguard import AddressPolicy
-from shared.transport import guarded_client
+from shared.runtime.errors import InputError, RetryableError
 from tests.security import hostile
 from tests.security.servers import HostileHTTPServer
 from tests.servers import StaticHTTPServer

@@ -10,8 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.errors import InputError
-from shared.netguard import (
+from shared.egress.netguard import (
     AddressPolicy,
     AddressRefusedError,
     address_rule,
@@ -20,6 +19,7 @@ from shared.netguard import (
     is_loopback_name,
     literal_address,
 )
+from shared.runtime.errors import InputError
 
 STRICT = AddressPolicy()
 

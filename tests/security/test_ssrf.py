@@ -21,9 +21,9 @@ from botocore.config import Config
 
 from services.fetcher.sources import read_input
 from services.uploader.s3 import write_output
-from shared.errors import InputError, RetryableError
-from shared.netguard import AddressPolicy, AddressRefusedError
-from shared.transport import Resolver, guarded_client
+from shared.egress.netguard import AddressPolicy, AddressRefusedError
+from shared.egress.transport import Resolver, guarded_client
+from shared.runtime.errors import InputError, RetryableError
 from tests.security.fakes import PUBLIC, LoopbackNetwork, ScriptedResolver
 from tests.security.servers import HostileHTTPServer
 from tests.servers import S3Server, StaticHTTPServer

@@ -1,5 +1,5 @@
 """The bounded body reader: content codings undone layer by layer, never more than a chunk at a time,
-and reading stopped as soon as the decoded total passes the limit (shared/bodies.py)."""
+and reading stopped as soon as the decoded total passes the limit (shared/egress/bodies.py)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from shared.bodies import CHUNK_BYTES, CodingError, Decoder, read_body
-from shared.errors import InputError
-from shared.netguard import AddressPolicy
-from shared.transport import guarded_client
+from shared.egress.bodies import CHUNK_BYTES, CodingError, Decoder, read_body
+from shared.egress.netguard import AddressPolicy
+from shared.egress.transport import guarded_client
+from shared.runtime.errors import InputError
 from tests.security.hostile import MiB, body_bomb
 from tests.security.servers import HostileHTTPServer, Reply
 

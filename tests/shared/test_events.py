@@ -7,11 +7,11 @@ import json
 import pytest
 from nats.aio.msg import Msg
 
-from shared.events import EventKind, Snapshot, TaskEvent
 from shared.messages import Stage, TaskMessage
 from shared.nats import Topology
-from shared.state import TaskState, TaskStatus, utc_now
-from shared.tasks import TaskStore
+from shared.taskstate.events import EventKind, Snapshot, TaskEvent
+from shared.taskstate.status import TaskState, TaskStatus, utc_now
+from shared.taskstate.store import TaskStore
 from shared.wire import EVENTS_STREAM, task_changes_filter
 
 

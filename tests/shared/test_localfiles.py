@@ -9,8 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from shared.config import Settings
-from shared.errors import InputError
-from shared.localfiles import file_url_path, resolve_within, target_within
+from shared.egress.localfiles import file_url_path, resolve_within, target_within
+from shared.runtime.errors import InputError
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from nats.aio.msg import Msg
 
 from shared.messages import Stage
 from shared.nats import Topology
-from shared.puller import PriorityPuller
+from shared.runtime.puller import PriorityPuller
 from shared.wire import work_subject
 
 

@@ -12,15 +12,15 @@ from nats.js.errors import ObjectNotFoundError
 
 from shared.blobs import write_blob
 from shared.config import Settings
-from shared.deadletters import list_dead
-from shared.errors import InputError, RetryableError
-from shared.job import Job
 from shared.messages import Stage, TaskMessage
 from shared.nats import Topology
-from shared.puller import PriorityPuller
-from shared.stage import StageRunner, backoff_s
-from shared.state import TaskStatus, parse_time
-from shared.tasks import TaskStore
+from shared.runtime.deadletters import list_dead
+from shared.runtime.errors import InputError, RetryableError
+from shared.runtime.job import Job
+from shared.runtime.puller import PriorityPuller
+from shared.runtime.stage import StageRunner, backoff_s
+from shared.taskstate.status import TaskStatus, parse_time
+from shared.taskstate.store import TaskStore
 from shared.wire import EVENTS_SUBJECTS, input_object, work_stream, work_subject
 from tests.shared.test_events import ended_without_events, stored_terminal_events
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from shared.messages import Category, Classification, Stage, TaskMessage
-from shared.state import StageAlreadyDoneError, TaskFinishedError, TaskState, TaskStatus, parse_time, stage_progress
+from shared.taskstate.status import (
+    StageAlreadyDoneError,
+    TaskFinishedError,
+    TaskState,
+    TaskStatus,
+    parse_time,
+    stage_progress,
+)
 
 
 def new_status() -> TaskStatus:

@@ -11,14 +11,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared.config import Settings
-from shared.errors import InputError, RetryableError
-from shared.job import Job
 from shared.messages import Stage, TaskMessage
-from shared.metrics import WorkerMetrics
 from shared.nats import Topology
-from shared.stage import StageRunner
-from shared.state import TaskStatus
-from shared.tasks import TaskStore
+from shared.runtime.errors import InputError, RetryableError
+from shared.runtime.job import Job
+from shared.runtime.metrics import WorkerMetrics
+from shared.runtime.stage import StageRunner
+from shared.taskstate.status import TaskStatus
+from shared.taskstate.store import TaskStore
 from shared.wire import work_subject
 
 

@@ -13,8 +13,8 @@ from shared.contracts.destinations import (
     S3Target,
     parse_destination,
 )
-from shared.errors import InputError
 from shared.images import format_for_url
+from shared.runtime.errors import InputError
 
 ENDPOINT = "http://127.0.0.1:8333"
 

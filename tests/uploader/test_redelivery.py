@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from services.uploader.redelivery import already_delivered
-from shared.netguard import AddressPolicy
-from shared.transport import guarded_client
+from shared.egress.netguard import AddressPolicy
+from shared.egress.transport import guarded_client
 from tests.security.hostile import MiB, body_bomb
 from tests.security.servers import HostileHTTPServer, Reply
 from tests.servers import S3Server, StaticHTTPServer

@@ -12,9 +12,9 @@ import pytest
 from botocore.config import Config
 
 from services.uploader.s3 import write_output
-from shared.errors import InputError, RetryableError
-from shared.netguard import AddressPolicy
-from shared.transport import guarded_client
+from shared.egress.netguard import AddressPolicy
+from shared.egress.transport import guarded_client
+from shared.runtime.errors import InputError, RetryableError
 from tests.servers import S3Server, StaticHTTPServer
 
 PNG = "image/png"

@@ -12,7 +12,7 @@ from PIL import Image, ImageOps
 
 from services.upscaler import codec
 from services.upscaler.picture import Picture, from_pil
-from shared.errors import InputError
+from shared.runtime.errors import InputError
 from tests.upscaler.conftest import IMAGES, shared_file
 
 

@@ -15,8 +15,8 @@ from services.upscaler.engine import Upscaler
 from services.upscaler.picture import Picture
 from shared.contracts import catalog
 from shared.contracts.options import validate_options
-from shared.errors import ConfigurationError, InputError
 from shared.messages import Category, UpscaleOptions
+from shared.runtime.errors import ConfigurationError, InputError
 from tests.upscaler.conftest import ANIMEVIDEO, IMAGES, shared_file, small_compact, small_rrdb
 
 ANIME = "realesr-animevideov3"

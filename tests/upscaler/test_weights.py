@@ -12,7 +12,7 @@ import torch
 from services.upscaler import weights
 from shared import modelfiles
 from shared.contracts import catalog
-from shared.errors import ConfigurationError
+from shared.runtime.errors import ConfigurationError
 from tests.upscaler.conftest import ANIMEVIDEO, shared_file, small_compact
 
 CPU = torch.device("cpu")

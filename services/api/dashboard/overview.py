@@ -18,9 +18,9 @@ from nats.js.errors import NoKeysError, NotFoundError
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.nats import Topology
-from shared.presence import VERSION
 from shared.queues import QueueSnapshot, snapshot
-from shared.state import TaskStatus, parse_time
+from shared.runtime.presence import VERSION
+from shared.taskstate.status import TaskStatus, parse_time
 from shared.wire import TASK_ENTRIES_FILTER, TASKS_STREAM
 
 RECENT_TASKS = 20

@@ -9,9 +9,9 @@ from services.api.deps import ContextDep
 from services.api.schemas import CleanupResponse, error
 from services.api.tasks.routes import TASK_ERRORS, valid_id
 from shared.blobs import discard_task_blobs
-from shared.lifecycle import end_task, purge_queued
-from shared.state import TaskFinishedError, TaskState, TaskStatus
-from shared.tasks import TaskGoneError
+from shared.taskstate.lifecycle import end_task, purge_queued
+from shared.taskstate.status import TaskFinishedError, TaskState, TaskStatus
+from shared.taskstate.store import TaskGoneError
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
 log = structlog.get_logger()

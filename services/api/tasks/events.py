@@ -23,9 +23,9 @@ from services.api.deps import ContextDep
 from services.api.schemas import error
 from services.api.tasks.changefeed import ChangeFeed
 from services.api.tasks.routes import TASK_ERRORS, valid_id
-from shared.events import EventKind, Snapshot, TaskEvent
-from shared.state import TaskState, TaskStatus
-from shared.tasks import TaskStore
+from shared.taskstate.events import EventKind, Snapshot, TaskEvent
+from shared.taskstate.status import TaskState, TaskStatus
+from shared.taskstate.store import TaskStore
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
 log = structlog.get_logger()

@@ -21,10 +21,10 @@ from services.api.deps import ApiContext
 from services.api.schemas import SubmitTaskRequest
 from services.api.tasks.submission import SubmissionError, validate_callback, validate_submission
 from shared.config import Settings
-from shared.egress import s3_endpoint
+from shared.egress.failures import s3_endpoint
+from shared.egress.netguard import AddressPolicy
 from shared.messages import PIPELINE, TaskMessage, UpscaleOptions
-from shared.netguard import AddressPolicy
-from shared.state import TaskStatus
+from shared.taskstate.status import TaskStatus
 from shared.wire import enqueue
 
 T = TypeVar("T")

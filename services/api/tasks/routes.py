@@ -14,7 +14,7 @@ from services.api.deps import ContextDep
 from services.api.guards.backpressure import queue_room
 from services.api.schemas import SubmitTaskRequest, SubmitTaskResponse, error
 from services.api.tasks import idempotency, intake
-from shared.state import TaskStatus
+from shared.taskstate.status import TaskStatus
 from shared.wire import task_entry_subject
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])

@@ -16,11 +16,11 @@ from pydantic import ValidationError
 from services.api.schemas import CALLBACK_PATTERN, SubmitTaskRequest
 from shared.contracts.destinations import HttpPut, LocalFile, parse_destination
 from shared.contracts.options import validate_options
-from shared.errors import InputError
+from shared.egress.localfiles import file_url_path, resolve_within, target_within
+from shared.egress.netguard import AddressPolicy
 from shared.images import OUTPUT_FORMATS, format_for_url
-from shared.localfiles import file_url_path, resolve_within, target_within
 from shared.messages import TASK_NAME, UpscaleOptions
-from shared.netguard import AddressPolicy
+from shared.runtime.errors import InputError
 
 INPUT_SCHEMES = ("http", "https", "s3", "file")
 KNOWN_TASKS = (TASK_NAME,)

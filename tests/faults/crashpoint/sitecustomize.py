@@ -16,7 +16,7 @@ import signal
 _AFTER = int(os.environ.get("TM_TEST_CRASH_AFTER_TERMINAL_WRITES", "0"))
 
 if _AFTER:
-    from shared import tasks
+    from shared.taskstate import store as tasks
 
     _publish_event = tasks.TaskStore.publish_event
     _written = [0]

@@ -3,7 +3,7 @@
 A stage service only supplies `handle(job)`. This module owns what must be the same everywhere:
 state transitions with compare-and-set, the mapping of errors to acknowledgements, in-progress
 acks while a handler makes progress, retries with backoff, dead letters, clean-up of a failed
-task's objects, and graceful shutdown (the slots and the hand-back: shared/consumer.py).
+task's objects, and graceful shutdown (the slots and the hand-back: shared/runtime/consumer.py).
 
     success              -> publish to the next stage (or the handler finished the task), then
                             msg.ack(); the next stage's start records this one's end (one state
@@ -31,16 +31,16 @@ from nats.aio.msg import Msg
 
 from shared.blobs import discard_task_blobs
 from shared.config import Settings
-from shared.consumer import Slots, keep_in_progress, mark_in_progress
-from shared.deadletters import dead_letter
-from shared.errors import MAX_BACKOFF_S, PermanentError, RetryableError
-from shared.job import Handler, Job
 from shared.messages import Stage, TaskMessage, next_stage
-from shared.metrics import WorkerMetrics
 from shared.nats import Topology
-from shared.puller import PriorityPuller
-from shared.state import StageAlreadyDoneError, TaskFinishedError, format_time
-from shared.tasks import TaskGoneError, TaskStore
+from shared.runtime.consumer import Slots, keep_in_progress, mark_in_progress
+from shared.runtime.deadletters import dead_letter
+from shared.runtime.errors import MAX_BACKOFF_S, PermanentError, RetryableError
+from shared.runtime.job import Handler, Job
+from shared.runtime.metrics import WorkerMetrics
+from shared.runtime.puller import PriorityPuller
+from shared.taskstate.status import StageAlreadyDoneError, TaskFinishedError, format_time
+from shared.taskstate.store import TaskGoneError, TaskStore
 from shared.wire import enqueue
 
 log = structlog.get_logger()
@@ -90,7 +90,7 @@ class StageRunner:
         # task_id -> run, for the tasks whose stage this process finished lately: a redelivery of one is
         # done work (no state write says so yet: the next stage's start records it).
         self._finished: OrderedDict[str, int] = OrderedDict()
-        self.metrics = metrics  # the process's /metrics (shared/metrics.py); None in tests that need none
+        self.metrics = metrics  # the process's /metrics (shared/runtime/metrics.py); None in tests that need none
         if metrics is not None:
             metrics.watch_in_flight(stage.value, lambda: len(self.in_flight))
         self._puller = PriorityPuller(topology.nc, stage)

@@ -3,8 +3,8 @@
 The fetcher (reads) and the uploader (writes) share this: the remote side's own fault (4xx,
 missing object) is an InputError; the network's or the server's (5xx, 429, throttling, timeouts,
 refused connections) a RetryableError. URLs in messages go through `safe_url`, which strips
-credentials. Which hosts may be reached at all is `shared.netguard`'s business, and the HTTP
-client that enforces it on every connection `shared.transport`'s.
+credentials. Which hosts may be reached at all is `shared.egress.netguard`'s business, and the HTTP
+client that enforces it on every connection `shared.egress.transport`'s.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import httpx
 from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError, ParamValidationError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from shared.errors import MAX_BACKOFF_S, InputError, RetryableError, TaskError
+from shared.runtime.errors import MAX_BACKOFF_S, InputError, RetryableError, TaskError
 
 # Query parameters that make a URL a credential (presigned S3, SAS-style tokens): kept out of messages.
 _SECRET_PARAMS = frozenset(

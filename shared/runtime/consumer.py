@@ -1,5 +1,5 @@
 """Taking messages `concurrency` at a time and stopping gracefully: the loop under every worker process,
-the stage runner (shared/stage.py) and the notifier (services/notifier) alike.
+the stage runner (shared/runtime/stage.py) and the notifier (services/notifier) alike.
 
     run()              `concurrency` slots; each takes a message from the puller, processes it, takes the next
     stop()             stop taking; the messages in hand get TM_SHUTDOWN_GRACE_S to finish, then the work
@@ -26,7 +26,7 @@ HAND_BACK_WAIT_S = 10.0
 
 
 class Puller(Protocol):
-    """Where the slots take their messages (shared/puller.py's PriorityPuller, a DurablePuller)."""
+    """Where the slots take their messages (shared/runtime/puller.py's PriorityPuller, a DurablePuller)."""
 
     async def start(self) -> None: ...
 

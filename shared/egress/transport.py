@@ -22,9 +22,9 @@ import httpcore
 import httpx
 
 from shared.config import Settings
-from shared.egress import s3_endpoint
-from shared.errors import InputError
-from shared.netguard import AddressPolicy, AddressRefusedError, IPAddress, literal_address
+from shared.egress.failures import s3_endpoint
+from shared.egress.netguard import AddressPolicy, AddressRefusedError, IPAddress, literal_address
+from shared.runtime.errors import InputError
 
 Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 """(host, port) -> the addresses to connect to, in order; the system resolver unless a test injects one."""
@@ -145,7 +145,7 @@ def guarded_client(
     verify: ssl.SSLContext | bool = True,
 ) -> httpx.AsyncClient:
     """An httpx client for URLs users give: every connection vetted, no redirects followed by itself,
-    bodies asked for uncompressed (read them with `shared.bodies.read_body`, which bounds them decoded)."""
+    bodies asked for uncompressed (read them with `shared.egress.bodies.read_body`, which bounds them decoded)."""
     backend = GuardedBackend(policy, role=role, resolver=resolver, network=network)
     transport = GuardedTransport(backend, verify=verify)
     # identity: an honest server then sends plain bytes, and a body's size is its Content-Length.

@@ -6,7 +6,7 @@ fetcher to 4.6 GB. So bodies are read raw (`aiter_raw`) and decoded here, every 
 decompressor that is never asked for more than CHUNK_BYTES at a time, and reading stops as soon as
 the decoded total passes the caller's limit. Only identity, gzip (x-gzip) and deflate (zlib or raw)
 are read: any other coding (br, zstd, compress) is refused, since our clients ask for
-`Accept-Encoding: identity` (shared.transport) and only a server that compresses regardless gets here.
+`Accept-Encoding: identity` (shared.egress.transport) and only a server that compresses regardless gets here.
 
 A declared Content-Length counts raw bytes, and so does the raw limit: the decoded limit plus what
 the codings can add to bytes they cannot compress (`Decoder.raw_limit`). Over it, a body is refused
@@ -23,8 +23,8 @@ from collections.abc import Iterable, Iterator
 
 import httpx
 
-from shared.egress import safe_url
-from shared.errors import InputError
+from shared.egress.failures import safe_url
+from shared.runtime.errors import InputError
 
 CHUNK_BYTES = 64 * 1024  # the most one zlib call may produce, in any layer
 _GZIP = zlib.MAX_WBITS | 16

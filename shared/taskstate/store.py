@@ -1,11 +1,11 @@
 """The task-state store: one KV entry per task, written only with compare-and-set.
 
-Every writer reads the entry, applies a transition from shared/state.py and writes it back
+Every writer reads the entry, applies a transition from shared/taskstate/status.py and writes it back
 expecting the revision it read; on a conflict it re-reads and re-applies. Two writers therefore can
 never lose each other's update, and a terminal state can never be overwritten. Whoever writes a
 terminal state also publishes the task's event, so subscribers see exactly one per task.
 
-Every write that changes what a change event reports (shared/events.py) publishes one too. Those of
+Every write that changes what a change event reports (shared/taskstate/events.py) publishes one too. Those of
 non-terminal writes go out as plain core publishes into the stream (no acknowledgement to wait for
 on the critical path: at most once, and a failed one never undoes the state write); the terminal
 one is published with acknowledgement and retries, after the terminal event: a stored terminal change
@@ -43,8 +43,8 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
-from shared.events import EventKind, Snapshot, TaskEvent
-from shared.state import TaskStatus, parse_time
+from shared.taskstate.events import EventKind, Snapshot, TaskEvent
+from shared.taskstate.status import TaskStatus, parse_time
 from shared.wire import EVENTS_STREAM, change_subject, event_subject, terminal_event_id
 
 if TYPE_CHECKING:

@@ -1,12 +1,12 @@
 """A stage process's own Prometheus endpoint: what its StageRunner did, and who it is.
 
-Every stage service (`shared/service.py`) builds one `WorkerMetrics` with a registry of its own (never
+Every stage service (`shared/runtime/service.py`) builds one `WorkerMetrics` with a registry of its own (never
 prometheus_client's global one, so tests can run several in one process) and serves it over HTTP on
 `TM_METRICS_HOST`:`TM_METRICS_PORT`: loopback by default, since the page has no authentication (a
 deployment scraped from elsewhere sets 0.0.0.0, as the container images do), and port 0 by default, an
 ephemeral one, so any number of instances share a host. The URL goes into the worker's heartbeat as
 `metrics_url`. A service adds its own collectors (the upscaler's GPU memory and engine counters)
-through its StageHandler's `collectors` (shared/service.py). The notifier counts its deliveries here too,
+through its StageHandler's `collectors` (shared/runtime/service.py). The notifier counts its deliveries here too,
 as the stage "notify".
 
     tm_stage_duration_seconds{stage,outcome}   histogram: time per message, as the stage_outcome log line

@@ -7,7 +7,7 @@ IPv4 address, unique-local, link-local). `AddressPolicy` holds the rules and the
 exceptions (TM_FETCH_ALLOWLIST hosts and CIDRs, TM_FETCH_ALLOW_PRIVATE_NETWORKS, the configured S3
 endpoint). Two checks use it: `check_url` before a request (literal hosts, in every notation a
 resolver accepts, non-ASCII ones mapped by IDNA/UTS-46 as httpx maps them: "127。0。0。1" is
-127.0.0.1) and `shared.transport`'s connect-time check of each address actually connected to.
+127.0.0.1) and `shared.egress.transport`'s connect-time check of each address actually connected to.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from urllib.parse import unquote, urlsplit
 import idna
 
 from shared.config import Settings
-from shared.egress import safe_url
-from shared.errors import InputError
+from shared.egress.failures import safe_url
+from shared.runtime.errors import InputError
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
@@ -235,7 +235,7 @@ class AddressPolicy:
     def check_url(self, url: str, role: str) -> None:
         """InputError unless `url` is http(s) with a host this policy lets requests go to (before DNS).
 
-        Names are checked where they are connected to (`shared.transport`); this catches what needs no
+        Names are checked where they are connected to (`shared.egress.transport`); this catches what needs no
         DNS, in every notation a resolver accepts, and gives those refusals a clear message.
         """
         try:

@@ -15,8 +15,8 @@ from nats.js.errors import NotFoundError
 from shared.blobs import discard_task_blobs
 from shared.messages import Stage
 from shared.nats import Topology
-from shared.state import TaskState, TaskStatus, format_time
-from shared.tasks import TaskStore
+from shared.taskstate.status import TaskState, TaskStatus, format_time
+from shared.taskstate.store import TaskStore
 from shared.wire import parse_work_subject, task_work_filter, work_stream
 
 

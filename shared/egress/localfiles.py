@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from shared.errors import InputError
+from shared.runtime.errors import InputError
 
 
 def file_url_path(url: str, role: str) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 from nats.js.kv import KeyValue
 
-from shared.state import utc_now
+from shared.taskstate.status import utc_now
 
 VERSION = "0.1.0"
 

@@ -15,8 +15,8 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from shared.messages import PIPELINE, Stage, TaskMessage
-from shared.state import utc_now
-from shared.tasks import TaskGoneError, TaskStore
+from shared.taskstate.status import utc_now
+from shared.taskstate.store import TaskGoneError, TaskStore
 from shared.wire import DEAD_STREAM, DEAD_SUBJECTS, dead_letter_id, dead_subject, enqueue
 
 # Headers the dead letter adds; the original message's own headers are kept beside them.

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from shared.messages import SCHEMA_VERSION, TASK_NAME, Stage
-from shared.state import TaskState, TaskStatus, utc_now
+from shared.taskstate.status import TaskState, TaskStatus, utc_now
 from shared.wire import change_event_id, change_subject
 
 

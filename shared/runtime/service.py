@@ -1,7 +1,7 @@
 """Start-up and shutdown shared by the worker services: the stages (`python -m services.<stage>`) and
 the notifier.
 
-A service connects, declares the topology, announces itself in the workers bucket (shared/presence.py:
+A service connects, declares the topology, announces itself in the workers bucket (shared/runtime/presence.py:
 a heartbeat key with a TTL, so a dead worker disappears from the dashboard by itself), serves its
 /metrics, runs its runner, and on SIGTERM/SIGINT stops taking work, finishes what it holds, closes its
 clients, drains the connection and logs one summary line.
@@ -22,13 +22,13 @@ from typing import Any, Protocol
 from prometheus_client.registry import Collector
 
 from shared.config import Settings
-from shared.job import Handler
 from shared.logging import configure_logging
 from shared.messages import Stage
-from shared.metrics import WorkerMetrics
 from shared.nats import Topology, connect, declare
-from shared.presence import VERSION, make_worker_id, presence
-from shared.stage import StageRunner
+from shared.runtime.job import Handler
+from shared.runtime.metrics import WorkerMetrics
+from shared.runtime.presence import VERSION, make_worker_id, presence
+from shared.runtime.stage import StageRunner
 
 InfoProvider = Callable[[], dict[str, Any]]
 Closer = Callable[[], Awaitable[None]]

@@ -1,4 +1,4 @@
-"""A message being worked on, as a stage's handler sees it (shared/stage.py runs the handler)."""
+"""A message being worked on, as a stage's handler sees it (shared/runtime/stage.py runs the handler)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.messages import Stage, TaskMessage
-from shared.state import TaskStatus
-from shared.tasks import TaskStore
+from shared.taskstate.status import TaskStatus
+from shared.taskstate.store import TaskStore
 
 
 @dataclass
