@@ -47,5 +47,5 @@ EXPOSE 8000 9464
 # override it (compose: their own healthcheck; Kubernetes ignores HEALTHCHECK and uses probes).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request as r; r.urlopen('http://127.0.0.1:%s/health' % os.environ.get('TM_API_PORT', '8000'), timeout=4)"]
-# Exec form: the service is PID 1 and receives SIGTERM itself (it drains; see shared/stage.py).
+# Exec form: the service is PID 1 and receives SIGTERM itself (it drains; see shared/runtime/stage.py).
 CMD ["python", "-m", "services.api"]

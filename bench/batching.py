@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from bench.upscale import animevideo_net, test_images  # noqa: E402
 from services.upscaler import memory  # noqa: E402
 from services.upscaler.batcher import TileBatcher, run_image  # noqa: E402
-from services.upscaler.inference import Job, Network, TileRunner  # noqa: E402
+from services.upscaler.inference import Network, TileRunner, TileSettings  # noqa: E402
 
 TILE_PAD = 10
 
@@ -55,7 +55,7 @@ def main() -> None:
     images = [np.ascontiguousarray(np.roll(rgb, i * 7, axis=1)) for i, rgb in enumerate(images)]  # all different
     sizing = memory.choose(net, device, dtype, (height, width), tile=None, tile_pad=TILE_PAD, batch=args.batch)
     batch = args.batch or (sizing.batch if cuda else 8)
-    job = Job(tile=sizing.tile, tile_pad=TILE_PAD, feather=TILE_PAD // 2, batch=batch)
+    job = TileSettings(tile=sizing.tile, tile_pad=TILE_PAD, feather=TILE_PAD // 2, batch=batch)
     runner = TileRunner(device, channels_last=cuda)
     batcher = TileBatcher(TileRunner(device, channels_last=cuda))
 

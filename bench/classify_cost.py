@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:  # run as `python bench/classify_cost.py`: make se
 from PIL import Image  # noqa: E402
 
 from services.classifier import classify as rules  # noqa: E402
-from services.classifier import features  # noqa: E402
+from services.classifier import faces, features  # noqa: E402
 from services.classifier.classify import classify  # noqa: E402
 from services.classifier.worker import classify_bytes  # noqa: E402
 from shared.images import open_image  # noqa: E402
@@ -68,14 +68,15 @@ def classifier_at(revision: str) -> Classifier:
     folder = Path(tempfile.mkdtemp()) / package
     folder.mkdir()
     (folder / "__init__.py").write_text("")
-    for name in ("classify.py", "features.py", "filters.py"):
+    for name in ("classify.py", "features.py", "faces.py", "filters.py"):
         shown = subprocess.run(
             ["git", "show", f"{revision}:services/classifier/{name}"], cwd=ROOT, check=False, capture_output=True
         )
-        if shown.returncode != 0:  # filters.py is younger than some revisions worth comparing with
+        if shown.returncode != 0:  # filters.py and faces.py are younger than some revisions worth comparing with
             continue
         text = shown.stdout.decode()
-        (folder / name).write_text(text.replace("from services.classifier import", f"from {package} import"))
+        text = text.replace("from services.classifier import", f"from {package} import")
+        (folder / name).write_text(text.replace("from services.classifier.", f"from {package}."))
     sys.path.insert(0, str(folder.parent))
     module = importlib.import_module(f"{package}.classify")
     return module.classify, lambda data: module.classify(open_image(data))
@@ -144,9 +145,7 @@ def scan_ms(data: bytes, reps: int) -> float | None:
         return None
     copy = features.sample(image, features.oriented_size(image)[2], rules.ANALYSIS_MAX_SIDE_PX)
     return cpu_ms(
-        lambda: features.largest_face(
-            copy, rules.FACE_SHORT_SIDE_PX, rules.FACE_MAX_LONG_SIDE_PX, rules.MIN_FACE_SHARE
-        ),
+        lambda: faces.largest_face(copy, rules.FACE_SHORT_SIDE_PX, rules.FACE_MAX_LONG_SIDE_PX, rules.MIN_FACE_SHARE),
         reps,
     )
 

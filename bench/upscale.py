@@ -40,7 +40,7 @@ from torch import nn  # noqa: E402
 
 from services.upscaler import arch, memory  # noqa: E402
 from services.upscaler.batcher import run_image  # noqa: E402
-from services.upscaler.inference import Job, Network, TileRunner  # noqa: E402
+from services.upscaler.inference import Network, TileRunner, TileSettings  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 ANIMEVIDEO = SHARED / "models" / "realesr-animevideov3.pth"
@@ -113,7 +113,7 @@ class Optimised:
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         sizing = memory.choose(self.net, self.device, self.dtype, rgb.shape[:2], tile=None, tile_pad=TILE_PAD)
-        job = Job(tile=sizing.tile, tile_pad=TILE_PAD, feather=TILE_PAD // 2, batch=sizing.batch)
+        job = TileSettings(tile=sizing.tile, tile_pad=TILE_PAD, feather=TILE_PAD // 2, batch=sizing.batch)
         return run_image(self.runner, rgb, self.network, job)
 
 

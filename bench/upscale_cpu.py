@@ -56,7 +56,7 @@ from torch import Tensor  # noqa: E402
 
 from services.upscaler import arch, codec, png  # noqa: E402
 from services.upscaler.engine import Upscaler  # noqa: E402
-from services.upscaler.inference import Job, Network, TileRunner  # noqa: E402
+from services.upscaler.inference import Network, TileRunner, TileSettings  # noqa: E402
 from services.upscaler.picture import Picture  # noqa: E402
 from shared.contracts import catalog  # noqa: E402
 from shared.images import encode_image, open_image  # noqa: E402
@@ -86,7 +86,7 @@ class StandInRunner(TileRunner):
     device_thread: int | None = None
 
     def forward(
-        self, raw: Tensor, network: Network, job: Job, max_value: int, fp32: bool, opaque: bool = False
+        self, raw: Tensor, network: Network, job: TileSettings, max_value: int, fp32: bool, opaque: bool = False
     ) -> tuple[Tensor, Tensor]:
         began = time.thread_time()
         StandInRunner.device_thread = threading.get_ident()

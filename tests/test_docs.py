@@ -25,7 +25,9 @@ def test_the_path_pattern_finds_project_paths_only() -> None:
 
 
 def test_every_project_path_named_in_docs_and_code_exists() -> None:
-    tracked = subprocess.run(["git", "ls-files", "*.md", "*.py"], cwd=ROOT, capture_output=True, text=True)
+    tracked = subprocess.run(
+        ["git", "ls-files", "*.md", "*.py", "Dockerfile*", "*.yml", "*.yaml"], cwd=ROOT, capture_output=True, text=True
+    )
     sources = [ROOT / name for name in tracked.stdout.split() if (ROOT / name).is_file()]
     missing = sorted(
         f"{source.relative_to(ROOT)} names {path}"

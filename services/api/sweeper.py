@@ -27,12 +27,13 @@ from nats.js.errors import NotFoundError
 from shared.blobs import discard_task_blobs
 from shared.config import Settings
 from shared.messages import PRIORITIES, Stage, TaskMessage
-from shared.nats import Topology, max_deliveries
+from shared.nats import Topology
 from shared.runtime.deadletters import dead_letter
 from shared.runtime.lease import Lease
 from shared.taskstate.lifecycle import end_task
 from shared.taskstate.status import TaskFinishedError, TaskState, TaskStatus, parse_time
 from shared.taskstate.store import TaskGoneError, TaskStore
+from shared.topology import max_deliveries
 from shared.wire import parse_work_subject, priority_filter, work_stream
 
 log = structlog.get_logger()

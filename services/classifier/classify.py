@@ -21,7 +21,7 @@ first rule that holds wins:
 3. portrait: the LBP frontal-face cascade finds a face at least a fifth as wide as the shorter side: a
    face that defines the picture (a head-and-shoulders shot, a small group); the faces in a crowd or a
    street scene are too small for a face model to matter. The cascade scans a grey copy of 128 px on the
-   shorter side, where its 24 px window is that fifth (features.largest_face: a sparse pass over window
+   shorter side, where its 24 px window is that fifth (faces.largest_face: a sparse pass over window
    sizes from there up, then a dense pass around the windows that fired, where a face must fire 6 times).
    It comes after rules 1 and 2, which never hold for camera photos, because the cascade also fires on
    drawn faces (a smiley, a cartoon character): those belong with the flat art.
@@ -42,7 +42,7 @@ import math
 
 from PIL import Image
 
-from services.classifier import features
+from services.classifier import faces, features
 from shared.messages import Category, Classification
 
 ANALYSIS_MAX_SIDE_PX = 512
@@ -108,7 +108,7 @@ def _category(image: Image.Image, stored_size: tuple[int, int], orientation: int
     if _is_flat_art(features.Flatness(sample)):
         return Category.ANIME
     scan = min(stored_size) >= MIN_FACE_SCAN_SIDE_PX  # a 16 px image enlarged for the scan shows no face
-    if scan and features.largest_face(sample, FACE_SHORT_SIDE_PX, FACE_MAX_LONG_SIDE_PX, MIN_FACE_SHARE) > 0:
+    if scan and faces.largest_face(sample, FACE_SHORT_SIDE_PX, FACE_MAX_LONG_SIDE_PX, MIN_FACE_SHARE) > 0:
         return Category.PORTRAIT
     return Category.PHOTO
 

@@ -30,7 +30,7 @@ import numpy as np
 import structlog
 import torch
 
-from services.upscaler.inference import Batch, Job, Network, TileRunner, is_out_of_memory
+from services.upscaler.inference import Batch, Network, TileRunner, TileSettings, is_out_of_memory
 from services.upscaler.plan import ImagePlan, Tile
 
 log = structlog.get_logger()
@@ -221,7 +221,7 @@ def run_image(
     runner: TileRunner,
     pixels: np.ndarray,
     network: Network,
-    job: Job,
+    job: TileSettings,
     progress: Callable[[float], None] | None = None,
 ) -> np.ndarray:
     """The (H * scale) x (W * scale) x C output of `network` over `pixels` (same dtype and channels).
@@ -249,7 +249,7 @@ class TileBatcher:
         self,
         pixels: np.ndarray,
         network: Network,
-        job: Job,
+        job: TileSettings,
         progress: Callable[[float], None] | None = None,
         *,
         priority: int = 0,

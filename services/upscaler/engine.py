@@ -27,7 +27,7 @@ from torch import nn
 from services.upscaler import memory
 from services.upscaler.alpha import RESIZE
 from services.upscaler.batcher import TileBatcher
-from services.upscaler.inference import Job, Network, Stats, TileRunner
+from services.upscaler.inference import Network, Stats, TileRunner, TileSettings
 from services.upscaler.modelcache import ModelCache
 from services.upscaler.picture import Picture, from_pil
 from shared import modelfiles
@@ -212,7 +212,7 @@ class Upscaler:
 
     def _prepare(
         self, picture: Picture, name: str, denoise: float | None, options: UpscaleOptions
-    ) -> tuple[Network, Job]:
+    ) -> tuple[Network, TileSettings]:
         """The loaded network and how to cut `picture` for it."""
         warm = self.models.get(name, self.model_dir, self._dtype, denoise)
         model = warm.loaded
@@ -238,7 +238,7 @@ class Upscaler:
             mod={2: 2, 1: 4}.get(model.scale, 1),
             passes=2 if picture.has_alpha and alpha_mode != RESIZE else 1,
         )
-        job = Job(
+        job = TileSettings(
             tile=sizing.tile,
             tile_pad=tile_pad,
             pre_pad=options.pre_pad,

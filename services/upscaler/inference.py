@@ -49,7 +49,7 @@ class Network:
 
 
 @dataclass(frozen=True)
-class Job:
+class TileSettings:
     """How to cut and treat one image."""
 
     tile: tuple[int, int] = (0, 0)  # tile height, width in input pixels; 0: one tile along that axis
@@ -84,7 +84,7 @@ class TileRunner:
         self._submitted = 0
 
     def submit(
-        self, windows: list[np.ndarray], network: Network, job: Job, max_value: int, opaque: bool, pad_to: int
+        self, windows: list[np.ndarray], network: Network, job: TileSettings, max_value: int, opaque: bool, pad_to: int
     ) -> Batch:
         """Start the forward of equal-shaped `windows`; on CUDA it returns before the output is ready.
 
@@ -132,7 +132,7 @@ class TileRunner:
         return to_host(batch.output.numpy()), batch.bad.numpy()
 
     def forward_one(
-        self, window: np.ndarray, network: Network, job: Job, max_value: int, fp32: bool, opaque: bool
+        self, window: np.ndarray, network: Network, job: TileSettings, max_value: int, fp32: bool, opaque: bool
     ) -> tuple[np.ndarray, bool]:
         """One window, synchronously: (output, whether it holds NaN or inf)."""
         raw = torch.from_numpy(np.ascontiguousarray(window))[None].to(self.device)
@@ -142,7 +142,7 @@ class TileRunner:
     # -- device work ------------------------------------------------------------------------------------------
 
     def forward(
-        self, raw: Tensor, network: Network, job: Job, max_value: int, fp32: bool, opaque: bool = False
+        self, raw: Tensor, network: Network, job: TileSettings, max_value: int, fp32: bool, opaque: bool = False
     ) -> tuple[Tensor, Tensor]:
         """B x h x w x C integers on the device -> (B x H x W x C quantised output, B flags of non-finite output).
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Hashable
 
 import numpy as np
 
-from services.upscaler.inference import Job, Network, TileRunner, is_out_of_memory
+from services.upscaler.inference import Network, TileRunner, TileSettings, is_out_of_memory
 from services.upscaler.tiling import Canvas, plan_axis
 
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1 in input pixels of the padded image
@@ -53,7 +53,7 @@ class ImagePlan:
         runner: TileRunner,
         pixels: np.ndarray,
         network: Network,
-        job: Job,
+        job: TileSettings,
         progress: Callable[[float], None] | None = None,
         *,
         priority: int = 0,

@@ -1,7 +1,7 @@
 """Errors a stage can raise, and what each one does to the message.
 
     TaskError                   base: carries a readable message for the task's `error`
-    ├── PermanentError          will fail again on retry -> msg.term(), task FAILURE at once
+    ├── PermanentError          will fail again on retry -> task FAILURE at once (dead letter, ack)
     │   ├── InputError          the input is not usable (404, not an image, too large, bad URL)
     │   └── ConfigurationError  the request asks for something this deployment lacks (missing weights)
     └── RetryableError(delay_s) may pass later (network, 5xx, throttling) -> msg.nak(delay)

@@ -2,8 +2,8 @@
 
 Each take is a single no-wait pull request, highest priority first, so a worker never holds a
 message it is not about to work on. To avoid asking empty streams, the puller listens (core NATS,
-no consumer) to the stage's work subjects: every JetStream publish rings that "doorbell", which
-marks its priority as worth asking. A message this process gave back with a delay (`note_retry`)
+no consumer) to the headers each work stream republishes once it has stored a message: that
+"doorbell" marks the message's priority as worth asking. A message this process gave back with a delay (`note_retry`)
 marks its priority again when the delay is over. What comes back otherwise (another process's
 delayed nak, an expired ack deadline) is found by a full rescan every `rescan_s`, busy or idle. The
 process's slots take turns: one asks and waits while the others queue behind it, so a message costs one

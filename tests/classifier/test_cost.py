@@ -12,7 +12,7 @@ from PIL import Image, ImageFilter
 from scipy import ndimage as ndi
 
 from services.classifier import classify as rules
-from services.classifier import features, filters, worker
+from services.classifier import faces, features, filters, worker
 from shared.messages import Category
 from shared.runtime.errors import InputError
 from tests.classifier.images import draw_cartoon, draw_text_page, skimage_image
@@ -32,8 +32,8 @@ class _CascadeSpy:
 
 @pytest.fixture
 def cascade(monkeypatch: pytest.MonkeyPatch) -> _CascadeSpy:
-    spy = _CascadeSpy(features._cascade())
-    monkeypatch.setattr(features, "_cascade", lambda: spy)
+    spy = _CascadeSpy(faces._cascade())
+    monkeypatch.setattr(faces, "_cascade", lambda: spy)
     return spy
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 from services.upscaler import alpha
 from services.upscaler.alpha import lanczos_upscale
 from services.upscaler.batcher import run_image
-from services.upscaler.inference import Job, Network, TileRunner
+from services.upscaler.inference import Network, TileRunner, TileSettings
 from shared.contracts.options import ALPHA_MODES
 from tests.upscaler.conftest import IMAGES, shared_file, small_compact
 
@@ -19,7 +19,7 @@ CPU = torch.device("cpu")
 
 def _run(pixels: np.ndarray, mode: str, **job: object) -> np.ndarray:
     net = small_compact(seed=4)
-    return run_image(TileRunner(CPU), pixels, Network(net, 4), Job(alpha_mode=mode, **job))  # type: ignore[arg-type]
+    return run_image(TileRunner(CPU), pixels, Network(net, 4), TileSettings(alpha_mode=mode, **job))  # type: ignore[arg-type]
 
 
 def _hidden(colour: tuple[int, int, int]) -> np.ndarray:

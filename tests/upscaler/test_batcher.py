@@ -18,14 +18,14 @@ from torch import Tensor, nn
 
 from services.upscaler.batcher import BatchLimit, TileBatcher, _padded_size, run_image
 from services.upscaler.engine import Upscaler
-from services.upscaler.inference import Job, Network, TileRunner
+from services.upscaler.inference import Network, TileRunner, TileSettings
 from services.upscaler.plan import Cancelled
 from shared.messages import Category, UpscaleOptions
 from tests.upscaler.conftest import small_compact
 
 CPU = torch.device("cpu")
 WAIT_S = 60
-JOB = Job(tile=(32, 32), tile_pad=8, batch=8)  # 64 x 64 images: 4 tiles each, so 2 images fill a batch
+JOB = TileSettings(tile=(32, 32), tile_pad=8, batch=8)  # 64 x 64 images: 4 tiles each, so 2 images fill a batch
 
 
 def _noise(height: int, width: int, seed: int) -> np.ndarray:
@@ -56,7 +56,7 @@ class Parked:
             self.entered.set()
             assert self._go.wait(WAIT_S)
 
-        blocker_job = Job(tile=(0, 0), batch=1)
+        blocker_job = TileSettings(tile=(0, 0), batch=1)
         self.future = pool.submit(batcher.run, _noise(16, 16, 99), network, blocker_job, hold, priority=10)
         assert self.entered.wait(WAIT_S)
 
@@ -111,7 +111,7 @@ def test_higher_priority_image_goes_first(pool: ThreadPoolExecutor) -> None:
             if fraction == 1.0:
                 finished.append(name)
 
-        job = Job(tile=(tile, tile), tile_pad=8, batch=8)
+        job = TileSettings(tile=(tile, tile), tile_pad=8, batch=8)
         batcher.run(_noise(64, 64, 1), network, job, done, priority=priority)
 
     # Windows of 48, 32 and 64 pixels: three shapes, so nothing is shared and the order shows.
@@ -155,7 +155,7 @@ def test_a_cancelled_waiting_image_is_dropped_without_running(pool: ThreadPoolEx
         future.result(WAIT_S)  # freed while the driver is still parked
     forwards = len(net.batch_sizes)
     parked.release()
-    batcher.run(_noise(16, 16, 4), network, Job(), priority=0)  # the driver goes on serving others
+    batcher.run(_noise(16, 16, 4), network, TileSettings(), priority=0)  # the driver goes on serving others
     assert len(net.batch_sizes) == forwards + 1
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 from services.upscaler import memory
 from services.upscaler.batcher import run_image
 from services.upscaler.engine import Upscaler
-from services.upscaler.inference import Job, Network, TileRunner
+from services.upscaler.inference import Network, TileRunner, TileSettings
 from shared.messages import Category, UpscaleOptions
 from tests.upscaler.conftest import ANIMEVIDEO, IMAGES, shared_file, small_compact
 
@@ -37,12 +37,14 @@ def test_pipelined_batches_equal_single_tiles_on_cuda() -> None:
     net = small_compact().to(cuda)
     pixels = np.random.default_rng(0).integers(0, 256, (150, 230, 4), dtype=np.uint8)
     runner = TileRunner(cuda)
-    one = run_image(runner, pixels, Network(net, 4), Job(tile=(32, 32), batch=1))
-    many = run_image(runner, pixels, Network(net, 4), Job(tile=(32, 32), batch=7))  # 40 tiles: a short last batch
-    sixteen = run_image(runner, pixels.astype(np.uint16) * 257, Network(net, 4), Job(tile=(32, 32), batch=7))
+    one = run_image(runner, pixels, Network(net, 4), TileSettings(tile=(32, 32), batch=1))
+    many = run_image(
+        runner, pixels, Network(net, 4), TileSettings(tile=(32, 32), batch=7)
+    )  # 40 tiles: a short last batch
+    sixteen = run_image(runner, pixels.astype(np.uint16) * 257, Network(net, 4), TileSettings(tile=(32, 32), batch=7))
     assert np.abs(one.astype(int) - many).max() <= 1
     assert np.abs(sixteen.astype(int) // 257 - many).max() <= 1
-    cpu = run_image(TileRunner(torch.device("cpu")), pixels, Network(small_compact(), 4), Job(tile=(32, 32)))
+    cpu = run_image(TileRunner(torch.device("cpu")), pixels, Network(small_compact(), 4), TileSettings(tile=(32, 32)))
     assert np.abs(cpu.astype(int) - many).max() <= 1
 
 
@@ -66,6 +68,6 @@ def test_cuda_fp16_nan_falls_back_to_fp32() -> None:
         runner,
         np.full((64, 64, 3), 90, np.uint8),
         Network(Broken(), 4, torch.float16, lambda: net),
-        Job(tile=(32, 32), batch=4),
+        TileSettings(tile=(32, 32), batch=4),
     )
     assert runner.stats.fp16_fallbacks == 4 and out.shape == (256, 256, 3)

@@ -18,7 +18,7 @@ import torch
 from services.upscaler import codec, inference, picture, png, tiling
 from services.upscaler.batcher import TileBatcher, run_image
 from services.upscaler.engine import Upscaler
-from services.upscaler.inference import Job, Network, TileRunner
+from services.upscaler.inference import Network, TileRunner, TileSettings
 from services.upscaler.worker import cpu_threads
 from shared.images import encode_image
 from shared.messages import Category, UpscaleOptions
@@ -90,7 +90,7 @@ def test_the_engine_gives_the_pixels_of_the_old_path(install, name: str) -> None
     source = source.with_pixels(source.pixels[:120, :150])
 
     # Before: one image in one thread, each tile pasted where it was computed; Pillow's PNG encoder.
-    job = Job(tile=(48, 48), tile_pad=10, feather=5, batch=1)
+    job = TileSettings(tile=(48, 48), tile_pad=10, feather=5, batch=1)
     before = run_image(TileRunner(CPU), source.pixels, Network(net, 4), job)
     old = encode_image(source.with_pixels(before).to_pil(), "png")
 
@@ -107,7 +107,7 @@ def test_outputs_in_reused_pinned_buffers_are_copied_before_the_device_thread_mo
     """On CUDA a batch's output lives in a pinned buffer that the next-but-one batch overwrites. With the pasting
     thread slowed down, the device thread runs ahead of it: the pixels must still be right."""
     net, pixels = small_compact(), np.random.default_rng(3).integers(0, 256, (70, 90, 3), dtype=np.uint8)
-    job = Job(tile=(16, 24), tile_pad=4, batch=2)
+    job = TileSettings(tile=(16, 24), tile_pad=4, batch=2)
     expected = run_image(TileRunner(CPU), pixels, Network(net, 4), job)
 
     empty, paste = torch.empty, tiling.Canvas.paste

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from services.upscaler import weights
 from services.upscaler.batcher import run_image
-from services.upscaler.inference import Job, Network, TileRunner, is_out_of_memory
+from services.upscaler.inference import Network, TileRunner, TileSettings, is_out_of_memory
 from tests.upscaler.conftest import ANIMEVIDEO, IMAGES, shared_file, small_compact, small_rrdb
 from tests.upscaler.fakecuda import FakeEvent, FakeStream
 
@@ -27,7 +27,7 @@ def _noise(height: int, width: int, channels: int = 3, seed: int = 0) -> np.ndar
 
 
 def _run(net: nn.Module, pixels: np.ndarray, scale: int = 4, **job: object) -> np.ndarray:
-    return run_image(TileRunner(CPU), pixels, Network(net, scale), Job(**job))  # type: ignore[arg-type]
+    return run_image(TileRunner(CPU), pixels, Network(net, scale), TileSettings(**job))  # type: ignore[arg-type]
 
 
 def plain_forward(net: nn.Module, rgb: np.ndarray) -> np.ndarray:
@@ -81,11 +81,13 @@ def test_feathering_hides_seams_that_hard_crops_show(animevideo: nn.Module, phot
 def test_batches_equal_single_tiles_and_report_progress() -> None:
     net, pixels = small_compact(), _noise(40, 70)
     seen: list[float] = []
-    one = run_image(TileRunner(CPU), pixels, Network(net, 4), Job(tile=(32, 32), tile_pad=8, batch=1), seen.append)
+    one = run_image(
+        TileRunner(CPU), pixels, Network(net, 4), TileSettings(tile=(32, 32), tile_pad=8, batch=1), seen.append
+    )
     assert seen == [1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0]
     runner = TileRunner(CPU)
     seen.clear()
-    four = run_image(runner, pixels, Network(net, 4), Job(tile=(32, 32), tile_pad=8, batch=4), seen.append)
+    four = run_image(runner, pixels, Network(net, 4), TileSettings(tile=(32, 32), tile_pad=8, batch=4), seen.append)
     assert _max_diff(one, four) <= 1 and seen == [4 / 6, 1.0]
     assert (runner.stats.tiles, runner.stats.batches, runner.stats.images) == (6, 2, 1)
 
@@ -98,7 +100,7 @@ def test_progress_exception_aborts_the_run() -> None:
         raise RuntimeError("task revoked")
 
     with pytest.raises(RuntimeError, match="task revoked"):
-        run_image(TileRunner(CPU), _noise(64, 64), Network(small_compact(), 4), Job(tile=(32, 32)), abort)
+        run_image(TileRunner(CPU), _noise(64, 64), Network(small_compact(), 4), TileSettings(tile=(32, 32)), abort)
     assert calls == [0.25]
 
 
@@ -153,7 +155,7 @@ def test_fp16_nan_tiles_are_redone_in_fp32_and_counted() -> None:
     pixels[5, 5] = 255  # only the top-left tile's window holds it
     runner = TileRunner(CPU)
     half = Network(FakeHalfNaN(net), 4, torch.bfloat16, fp32=lambda: net)
-    out = run_image(runner, pixels, half, Job(tile=(32, 32), tile_pad=4, batch=2))
+    out = run_image(runner, pixels, half, TileSettings(tile=(32, 32), tile_pad=4, batch=2))
     assert runner.stats.fp16_fallbacks == 1 and not np.isnan(out).any()
     assert _max_diff(out, _run(net, pixels, tile=(32, 32), tile_pad=4)) <= 2  # bfloat16 elsewhere
 
@@ -178,7 +180,7 @@ def test_out_of_memory_halves_the_batch_then_splits_tiles_into_quarters(
     expected = plain_forward(animevideo, photo)
     guarded = OutOfMemoryAbove(animevideo, limit=70 * 70)
     runner = TileRunner(CPU)
-    out = run_image(runner, photo, Network(guarded, 4), Job(tile=(64, 64), tile_pad=20, feather=8, batch=4))
+    out = run_image(runner, photo, Network(guarded, 4), TileSettings(tile=(64, 64), tile_pad=20, feather=8, batch=4))
     assert runner.stats.oom_batch_halvings == 2 and runner.stats.oom_splits >= 1
     assert guarded.refused >= 3
     assert _max_diff(out, expected) <= 1  # quarters read their own context: still exact
@@ -203,20 +205,20 @@ def test_output_is_never_materialised_in_float() -> None:
         import numpy as np, torch
         from services.upscaler import arch
         from services.upscaler.batcher import run_image
-        from services.upscaler.inference import Job, Network, TileRunner
+        from services.upscaler.inference import TileSettings, Network, TileRunner
         torch.set_num_threads(2)
         torch.manual_seed(0)
         net = arch.SRVGGNetCompact(num_feat=4, num_conv=1, upscale=4).eval()
         pixels = np.random.default_rng(0).integers(0, 256, (1500, 2000, 3), dtype=np.uint8)
         runner = TileRunner(torch.device("cpu"))
-        run_image(runner, pixels[:64, :64], Network(net, 4), Job(tile=(32, 32)))  # warm up oneDNN
+        run_image(runner, pixels[:64, :64], Network(net, 4), TileSettings(tile=(32, 32)))  # warm up oneDNN
         def rss():
             return int(open("/proc/self/statm").read().split()[1]) * 4096
         def hwm():
             return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
         open("/proc/self/clear_refs", "w").write("5")  # reset the peak to the current RSS
         before = rss()
-        out = run_image(runner, pixels, Network(net, 4), Job(tile=(128, 128), tile_pad=10, feather=5))
+        out = run_image(runner, pixels, Network(net, 4), TileSettings(tile=(128, 128), tile_pad=10, feather=5))
         print((hwm() - before) >> 20, out.nbytes >> 20)
         """
     )
@@ -243,6 +245,6 @@ def test_the_cuda_pipeline_bookkeeping_with_fake_streams(monkeypatch: pytest.Mon
         expected = _run(net, pixels, tile=(16, 24), tile_pad=4, batch=3)
         runner = TileRunner(CPU)
         runner._cuda, runner._streams = True, (FakeStream(), FakeStream())  # type: ignore[assignment]
-        out = run_image(runner, pixels, Network(net, 4), Job(tile=(16, 24), tile_pad=4, batch=3))
+        out = run_image(runner, pixels, Network(net, 4), TileSettings(tile=(16, 24), tile_pad=4, batch=3))
         np.testing.assert_array_equal(out, expected)
         assert runner._submitted == 7 and len(runner._pinned) == 6  # 20 tiles in 7 batches of 3; 2 slots x 3

@@ -18,7 +18,7 @@ from torch import nn
 from services.api.tasks import accepted
 from services.upscaler import arch, weights
 from services.upscaler.batcher import run_image
-from services.upscaler.inference import Job, Network, TileRunner
+from services.upscaler.inference import Network, TileRunner, TileSettings
 from shared.contracts import catalog
 from shared.contracts.options import PRACTICAL_TILE_PAD, tile_overlap, validate_options
 from shared.messages import UpscaleOptions
@@ -118,7 +118,9 @@ def test_the_api_document_says_the_same() -> None:
 
 def _run(net: nn.Module, pixels: np.ndarray, tile: int, overlap: tuple[int, int]) -> np.ndarray:
     pad, feather = overlap
-    return run_image(TileRunner(CPU), pixels, Network(net, 4), Job(tile=(tile, tile), tile_pad=pad, feather=feather))
+    return run_image(
+        TileRunner(CPU), pixels, Network(net, 4), TileSettings(tile=(tile, tile), tile_pad=pad, feather=feather)
+    )
 
 
 def _diff(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
