@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(default=25.0, ge=0)  # SIGTERM: finish in-flight work this long, then nak
 
     model_dir: Path = Field(default_factory=default_model_dir)
+    # `task-manager up` downloads the routed models' missing weights in the background (0: it only says so).
+    model_auto_download: bool = True
+    # A copy of the GitHub release assets (same <release>/<file> layout) for hosts that cannot reach GitHub.
+    model_mirror: str | None = None
+    # How long a task whose model is being downloaded waits for it before a stand-in network or Lanczos runs.
+    model_wait_s: float = Field(default=300.0, ge=0)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # Default tile size in input pixels; unset: chosen from free device memory and the model; 0: no tiling.
     tile: int | None = Field(default=None, ge=0)
@@ -82,6 +88,8 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"
 
     events_max_age_s: float = Field(default=7 * 24 * 3600, gt=0)
+    # How long an ended task stays listed and readable (GET, the list); then the sweeper removes it.
+    result_ttl_s: float = Field(default=7 * 24 * 3600, gt=0)
     events_keepalive_s: float = Field(default=15.0, gt=0)  # SSE comment line while a task's stream is quiet
     # Webhooks (services/notifier): HMAC-SHA256 key for the Tm-Signature header (empty: unsigned).
     webhook_secret: str = Field(default="", repr=False)

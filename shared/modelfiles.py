@@ -1,5 +1,7 @@
 """Weight files on disk and their download: where each official model's file lives, whether it is
-installed, and fetching it from the official URL (or a mirror) with its published size and sha256 checked.
+installed (or being downloaded), which installed network stands in for a missing one, and fetching it
+from the official URL (or a mirror) with its published size and sha256 checked, continuing an
+interrupted download with an HTTP Range request.
 
 No torch here: the CLI and the API can answer "which models are installed" and download them without
 loading a network (services/upscaler/weights.py reads and loads them).
@@ -7,11 +9,14 @@ loading a network (services/upscaler/weights.py reads and loads them).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
-import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 
@@ -20,7 +25,11 @@ from shared.contracts import catalog
 from shared.runtime.errors import ConfigurationError
 
 MODEL_DIR_ENV = "TM_MODEL_DIR"
-_CHUNK_BYTES = 1 << 20
+_CHUNK_BYTES = 1 << 20  # reading files to hash them
+_STREAM_BYTES = 64 << 10  # writing a download: small, so the part grows (stays fresh) on a slow link too
+CONNECT_TIMEOUT_S = 15.0  # no network should fail fast, not after the read timeout
+# A part file written within this long is a download under way; an older one, an interrupted download.
+DOWNLOAD_FRESH_S = 30.0
 
 
 class DownloadError(Exception):
@@ -62,12 +71,76 @@ def download_url(name: str, mirror: str | None = None) -> str:
     return url
 
 
-def _sha256(path: Path) -> str:
+def default_models() -> list[str]:
+    """The models `task-manager up` makes sure of: every model catalog.ROUTES names, and the denoise helper when
+    the routed general model is one (a task's `denoise_strength` blends the two)."""
+    names = list(dict.fromkeys(catalog.ROUTES.values()))
+    if catalog.DENOISE_MODEL in names:
+        names.append(catalog.DENOISE_HELPER)
+    return names
+
+
+# The networks that stand in for a routed model whose weights are missing, most alike first: the GAN-trained
+# x4 photo nets, the anime ones, then the x2 nets (the engine resizes their output to the routed scale).
+_PHOTO_LIKE = ("RealESRGAN_x4plus", "realesr-general-x4v3", "RealESRNet_x4plus")
+_ANIME_LIKE = ("RealESRGAN_x4plus_anime_6B", "realesr-animevideov3", "RealESRGANv2-animevideo-xsx4")
+_X2 = ("RealESRGAN_x2plus", "RealESRGANv2-animevideo-xsx2")
+STAND_IN_ORDER = _PHOTO_LIKE + _ANIME_LIKE + _X2
+
+
+def stand_in(name: str, model_dir: Path) -> str | None:
+    """The installed network closest to `name` (anime nets first for an anime model), or None: a Lanczos resize."""
+    order = (_ANIME_LIKE + _PHOTO_LIKE if name in _ANIME_LIKE else _PHOTO_LIKE + _ANIME_LIKE) + _X2
+    return next((other for other in order if other != name and is_installed(other, model_dir)), None)
+
+
+def part_path(name: str, model_dir: Path) -> Path:
+    """Where a download of `name` keeps its bytes until they are verified: in progress, or interrupted and
+    continued by the next `download`."""
+    return Path(model_dir) / f".{catalog.get(name).filename}.part"
+
+
+def downloading(name: str, model_dir: Path, fresh_s: float = DOWNLOAD_FRESH_S) -> bool:
+    """Whether a download of `name` is under way: its `.part` file was written within the last `fresh_s` seconds
+    (by any process sharing the model dir; an interrupted download's file goes stale)."""
+    try:
+        return time.time() - part_path(name, model_dir).stat().st_mtime < fresh_s
+    except FileNotFoundError:
+        return False
+
+
+def _sha256(path: Path) -> hashlib._Hash:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(_CHUNK_BYTES):
             digest.update(chunk)
-    return digest.hexdigest()
+    return digest
+
+
+def _verified(path: Path, spec: catalog.ModelSpec) -> bool:
+    return path.is_file() and path.stat().st_size == spec.size_bytes and _sha256(path).hexdigest() == spec.sha256
+
+
+@contextlib.contextmanager
+def _claimed(part: Path) -> Iterator[BinaryIO]:
+    """`part` opened for appending and locked: a second downloader of the same file waits here for the first."""
+    while True:
+        f = part.open("ab")
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            if os.stat(part).st_ino == os.fstat(f.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        f.close()  # the holder renamed or removed it while we waited: open the file now at that path
+    try:
+        yield f
+    finally:
+        try:
+            if os.fstat(f.fileno()).st_size == 0:
+                part.unlink(missing_ok=True)  # nothing to resume: leave no trace
+        finally:
+            f.close()
 
 
 def download(
@@ -80,47 +153,81 @@ def download(
 ) -> Path:
     """Fetch official model `name` into `model_dir` and return its path.
 
-    Streams to a temporary file beside the target, checks the published size and sha256, then renames it
-    into place, so the target is either absent or complete. A present file with the right hash is kept.
-    `progress(done_bytes, total_bytes)` is called after each chunk. Raises DownloadError.
+    Streams into `part_path` (locked: a second download of the same file waits for the first, then finds
+    it done), checks the published size and sha256, then renames it into place, so the target is either
+    absent or complete. A present file with the right hash is kept. An interrupted download keeps its part
+    and the next call continues it with an HTTP Range request (from the start when the server ignores it).
+    `progress(done_bytes, total_bytes)` is called after each chunk; an exception it raises aborts the
+    download (the part is kept). Raises DownloadError.
     """
     spec = catalog.get(name)
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     target = model_dir / spec.filename
-    if target.is_file() and target.stat().st_size == spec.size_bytes and _sha256(target) == spec.sha256:
+    if _verified(target, spec):
         return target
-    url = download_url(name, mirror)
-    fd, tmp_name = tempfile.mkstemp(dir=model_dir, prefix=f".{spec.filename}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        digest = hashlib.sha256()
-        size = 0
-        with (
-            os.fdopen(fd, "wb") as out,
-            httpx.stream("GET", url, follow_redirects=True, timeout=timeout_s) as resp,
-        ):
-            if resp.status_code != 200:
-                raise DownloadError(f"{name}: GET {url} answered HTTP {resp.status_code}")
-            for chunk in resp.iter_bytes(_CHUNK_BYTES):
-                size += len(chunk)
-                if size > spec.size_bytes:
-                    raise DownloadError(f"{name}: {url} is larger than the expected {spec.size_bytes} bytes")
-                digest.update(chunk)
-                out.write(chunk)
-                if progress is not None:
-                    progress(size, spec.size_bytes)
-            out.flush()
-            os.fsync(out.fileno())
-        if size != spec.size_bytes:
-            raise DownloadError(f"{name}: got {size} bytes from {url}, expected {spec.size_bytes}")
+    part = part_path(name, model_dir)
+    with _claimed(part) as out:
+        if _verified(target, spec):  # another process finished it while we waited for the lock
+            out.truncate(0)
+            return target
+        os.utime(part)  # a download is under way (`downloading`), before the first byte arrives
+        url = download_url(name, mirror)
+        try:
+            digest = _fetch(out, part, spec, url, timeout_s, progress)
+        except httpx.HTTPError as exc:
+            kept = os.fstat(out.fileno()).st_size
+            resume = f" ({kept} bytes kept to resume)" if kept else ""
+            raise DownloadError(f"{name}: downloading {url} failed{resume}: {exc}") from exc
         if digest.hexdigest() != spec.sha256:
+            out.truncate(0)
             raise DownloadError(f"{name}: sha256 mismatch for {url}: got {digest.hexdigest()}, expected {spec.sha256}")
-        os.replace(tmp, target)
-    except httpx.HTTPError as exc:
-        tmp.unlink(missing_ok=True)
-        raise DownloadError(f"{name}: downloading {url} failed: {exc}") from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        os.replace(part, target)
     return target
+
+
+def _fetch(
+    out: BinaryIO,
+    part: Path,
+    spec: catalog.ModelSpec,
+    url: str,
+    timeout_s: float,
+    progress: Callable[[int, int], None] | None,
+) -> hashlib._Hash:
+    """Bring `out` (the locked part file) to the full `spec.size_bytes`, continuing what it holds; its sha256."""
+    done = os.fstat(out.fileno()).st_size
+    if done > spec.size_bytes:
+        out.truncate(0)
+        done = 0
+    digest = _sha256(part) if done else hashlib.sha256()
+    if done == spec.size_bytes:
+        return digest  # complete but not yet renamed (the last run stopped in between)
+    headers = {"Range": f"bytes={done}-"} if done else {}
+    timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, CONNECT_TIMEOUT_S))
+    with httpx.stream("GET", url, headers=headers, follow_redirects=True, timeout=timeout) as resp:
+        if resp.status_code == 206 and done and resp.headers.get("content-range", "").startswith(f"bytes {done}-"):
+            pass  # continued where the part ends
+        elif resp.status_code == 200:
+            if done:  # the server ignores Range: the whole file again, from the start
+                out.truncate(0)
+                done, digest = 0, hashlib.sha256()
+        else:
+            if resp.status_code in (206, 416):  # a range we did not ask for, or none the server has: start over
+                out.truncate(0)
+            raise DownloadError(f"{spec.name}: GET {url} answered HTTP {resp.status_code}")
+        for chunk in resp.iter_bytes(_STREAM_BYTES):
+            done += len(chunk)
+            if done > spec.size_bytes:
+                out.truncate(0)
+                raise DownloadError(f"{spec.name}: {url} is larger than the expected {spec.size_bytes} bytes")
+            digest.update(chunk)
+            out.write(chunk)
+            out.flush()  # on disk at once: what a resume continues from, and `downloading` sees the part move
+            if progress is not None:
+                progress(done, spec.size_bytes)
+        os.fsync(out.fileno())
+    if done != spec.size_bytes:
+        raise DownloadError(
+            f"{spec.name}: {url} ended after {done} of {spec.size_bytes} bytes (kept; run again to resume)"
+        )
+    return digest

@@ -22,7 +22,7 @@ from services.api.head import HeadAsGet
 from services.api.metrics import ApiMetrics
 from services.api.sweeper import Sweeper
 from services.api.tasks import control as task_control
-from services.api.tasks import events
+from services.api.tasks import events, listing
 from services.api.tasks import routes as tasks
 from shared.config import Settings
 from shared.nats import connect, declare
@@ -41,7 +41,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics = ApiMetrics()
         await metrics.follow_events(nc)
         store = TaskStore.of(topology)
-        app.state.context = ApiContext(config, topology, store, metrics, QueueDepth(topology, config.max_queue_depth))
+        context = ApiContext(config, topology, store, metrics, QueueDepth(topology, config.max_queue_depth))
+        await context.index.start(topology.tasks)
+        app.state.context = context
         structlog.get_logger().info(
             "api_access",
             api_keys=len(keys),  # how many, never which
@@ -53,7 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_body_bytes=config.max_body_bytes,
         )
         worker_id = make_worker_id("api")
-        sweeper = Sweeper(topology, config, holder=worker_id)
+        sweeper = Sweeper(topology, config, holder=worker_id, index=context.index)
         sweeping = asyncio.create_task(sweeper.run())
         try:
             async with presence(topology.workers, "api", worker_id, config.heartbeat_s, lambda: {"in_flight": []}):
@@ -62,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             sweeping.cancel()
             await asyncio.gather(sweeping, return_exceptions=True)
             await metrics.stop()
+            await context.index.stop()
             await nc.drain()
 
     app = FastAPI(
@@ -88,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Every sign-in attempt also spends a token of its address's rate-limit bucket.
         app.include_router(signin_router(browser_guard), dependencies=[limiter], responses=TOO_MANY)
         app.add_exception_handler(SignInRequired, show_sign_in)
+    app.include_router(listing.router, dependencies=limited, responses={**guarded, **TOO_MANY})
     app.include_router(tasks.router, dependencies=limited, responses={**guarded, **TOO_MANY})
     app.include_router(task_control.router, dependencies=limited, responses={**guarded, **TOO_MANY})
     app.include_router(events.router, dependencies=limited, responses={**guarded, **TOO_MANY})

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
 from services.api.metrics import ApiMetrics
+from services.api.tasks.index import TaskIndex
 from shared.config import Settings
 from shared.nats import Topology
 from shared.taskstate.store import TaskStore
@@ -23,6 +24,7 @@ class ApiContext:
     store: TaskStore
     metrics: ApiMetrics
     queue: QueueDepth
+    index: TaskIndex = field(default_factory=TaskIndex)  # every stored task, for listing
 
 
 async def get_context(request: Request) -> ApiContext:

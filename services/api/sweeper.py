@@ -24,6 +24,7 @@ from nats.aio.subscription import Subscription
 from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 
+from services.api.tasks.index import TaskIndex
 from shared.blobs import discard_task_blobs
 from shared.config import Settings
 from shared.messages import PRIORITIES, Stage, TaskMessage
@@ -40,11 +41,15 @@ log = structlog.get_logger()
 
 MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>"
 SWEEP_INTERVAL_S = 1.0
+HISTORY_CHECK_S = 60.0  # ended tasks past TM_RESULT_TTL_S are removed this often
 
 
 class Sweeper:
-    def __init__(self, topology: Topology, settings: Settings, holder: str) -> None:
+    def __init__(self, topology: Topology, settings: Settings, holder: str, index: TaskIndex | None = None) -> None:
         self.topology = topology
+        self.index = index  # the API's list of tasks: which ended tasks are past their keeping time
+        self.expired = 0
+        self._history_checked = 0.0
         self.settings = settings
         self.store = TaskStore.of(topology)
         self.lease = Lease(topology.leases, "sweeper", holder)
@@ -73,6 +78,9 @@ class Sweeper:
                 if self.lease.held:
                     try:
                         await self.sweep()
+                        if time.monotonic() - self._history_checked >= self._history_every_s:
+                            self._history_checked = time.monotonic()
+                            await self.expire_history()
                     except Exception as exc:
                         log.warning("sweep_failed", error=repr(exc))
                 await asyncio.sleep(SWEEP_INTERVAL_S if self.lease.held else renew_every)
@@ -110,6 +118,21 @@ class Sweeper:
                 considered = True
                 seq = (raw.seq or seq) + 1
             self._next_look[priority] = now if considered else next_look
+
+    @property
+    def _history_every_s(self) -> float:
+        return min(HISTORY_CHECK_S, self.settings.result_ttl_s / 2)
+
+    async def expire_history(self) -> None:
+        """Remove the tasks that ended more than TM_RESULT_TTL_S ago (their entry; their objects went when
+        they ended). Unfinished tasks stay, however old."""
+        if self.index is None:
+            return
+        cutoff = datetime.now(UTC) - timedelta(seconds=self.settings.result_ttl_s)
+        for task_id in self.index.ended_before(cutoff):
+            await self.store.delete(task_id)
+            self.expired += 1
+            log.info("task_expired", task_id=task_id)
 
     async def _consider(self, raw: RawStreamMsg) -> None:
         priority, stage, task_id = parse_work_subject(raw.subject or "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,16 +25,23 @@ def register(subparsers: Any) -> None:
     listing.set_defaults(func=list_models)
 
     fetch = commands.add_parser("download", help="download official weights and check their sha256")
-    fetch.add_argument("name", nargs="?", choices=list(catalog.MODELS), metavar="NAME", help="model name")
+    fetch.add_argument("names", nargs="*", type=_model_name, metavar="NAME", help="model names")
     fetch.add_argument("--all", action="store_true", help="download every official model")
     fetch.add_argument("--dir", type=Path, default=None, help="model dir (default: $TM_MODEL_DIR or ~/.cache)")
     fetch.add_argument(
         "--mirror",
-        default=None,
+        default=os.environ.get("TM_MODEL_MIRROR") or None,
         metavar="URL",
-        help=f"use URL in place of {catalog.OFFICIAL_URL_PREFIX} (air-gapped deployments)",
+        help=f"use URL in place of {catalog.OFFICIAL_URL_PREFIX} (air-gapped deployments; default: $TM_MODEL_MIRROR)",
     )
     fetch.set_defaults(func=download_models)
+
+
+def _model_name(value: str) -> str:
+    # Not argparse's `choices`: with nargs="*" it refuses the empty list before --all is looked at.
+    if value not in catalog.MODELS:
+        raise argparse.ArgumentTypeError(f"unknown model {value!r} (choose from {', '.join(catalog.MODELS)})")
+    return value
 
 
 def _size(size_bytes: int) -> str:
@@ -55,11 +63,13 @@ def list_models(args: argparse.Namespace) -> int:
 
 
 def download_models(args: argparse.Namespace) -> int:
-    """Download one model (NAME) or all of them (--all); exit status 1 if any download failed."""
-    if args.all == (args.name is not None):
-        raise SystemExit("error: models download takes either NAME or --all")
+    """Download the models named (NAME ...) or all of them (--all); exit status 1 if any download failed.
+
+    An interrupted download is continued where it stopped (modelfiles.download)."""
+    if args.all == bool(args.names):
+        raise SystemExit("error: models download takes either NAME ... or --all")
     model_dir = args.dir or modelfiles.default_model_dir()
-    names = list(catalog.MODELS) if args.all else [args.name]
+    names = list(catalog.MODELS) if args.all else list(dict.fromkeys(args.names))
     # realesr-general-x4v3's denoise_strength needs the wdn weights too, as Real-ESRGAN's script fetches both.
     if catalog.DENOISE_MODEL in names and catalog.DENOISE_HELPER not in names:
         names.append(catalog.DENOISE_HELPER)

@@ -1,8 +1,9 @@
 """`task-manager up`: NATS (unless NATS_URL is given), the API, the four stages and the
-webhook notifier as processes.
+webhook notifier as processes, and the routed models' weights when they are missing.
 
 Each service is its own process, restarted with backoff when it dies; SIGINT/SIGTERM stop the
-services first (they drain their work) and the embedded NATS server last.
+services first (they drain their work) and the embedded NATS server last. Missing weights download
+in the background (`modelfetch`) while the stack serves; tasks that need them wait for them a while.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from pathlib import Path
 
 import httpx
 import structlog
+from pydantic import ValidationError
+
+from services.cli import modelfetch
+from shared.config import Settings
 
 SERVICES = ("api", "fetcher", "classifier", "upscaler", "uploader", "notifier")
 STOP_GRACE_S = 30.0
@@ -137,6 +142,12 @@ def choose_file_root(chosen: str | None, data_dir: Path) -> str:
 async def run(host: str, port: int, data_dir: Path, nats_port: int, file_root: str | None = None) -> int:
     env = dict(os.environ, TM_API_HOST=host, TM_API_PORT=str(port))
     env["TM_FILE_ROOT"] = choose_file_root(file_root, data_dir)
+    try:  # the services read the same settings: refuse a bad value once, here, rather than in six crash loops
+        settings = Settings(file_root=Path(env["TM_FILE_ROOT"]) if env["TM_FILE_ROOT"] else None)
+    except ValidationError as exc:
+        errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise SystemExit(f"task-manager up: invalid settings: {errors}") from None
+    downloads = modelfetch.start(settings)  # in the background: nothing below waits for it
     nats_process = None
     if "NATS_URL" not in os.environ:
         nats_process = await start_nats(data_dir, nats_port)
@@ -159,6 +170,8 @@ async def run(host: str, port: int, data_dir: Path, nats_port: int, file_root: s
 
     await stopping.wait()
     log.info("stopping", services=len(services))
+    if downloads is not None:
+        downloads.stop()  # what came so far stays in the part files; the next `up` continues them
     for service in services:
         service.signal(signal.SIGTERM)
     try:

@@ -37,7 +37,8 @@ async def read_input(
     s3: S3Client | None = None,
     file_root: Path | None = None,
 ) -> bytes:
-    """The bytes at `url`, at most `max_bytes` of them; raises InputError or RetryableError.
+    """The bytes at `url`, at most `max_bytes` of them; raises InputError, RetryableError, or (S3 settings that
+    cannot work: no credentials, keys or permissions the server refuses) ConfigurationError.
 
     `http` must be a `shared.egress.transport.guarded_client` with the same `policy`, which vets every address
     it connects to; here each URL (the given one and every redirect hop) is checked before its request.
@@ -120,7 +121,7 @@ async def _read_s3(url: str, s3: S3Client, max_bytes: int) -> bytes:
             chunks = body.iter_chunks(_CHUNK_BYTES)
             return await _read_limited(chunks, response.get("ContentLength"), max_bytes, url)
     except S3_ERRORS as exc:
-        raise s3_error(exc, f"input {url}") from exc
+        raise s3_error(exc, "input", url, bucket) from exc
 
 
 def _read_file(url: str, max_bytes: int, root: Path | None) -> bytes:

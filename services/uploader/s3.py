@@ -2,7 +2,9 @@
 
 Every write replaces whatever is there, so a redelivered upload message simply writes again.
 Failures are mapped like the fetcher's reads (shared/egress/failures.py): the destination's own
-fault is an InputError, the network's or the server's a RetryableError.
+fault is an InputError, the network's or the server's a RetryableError, and S3 settings that cannot
+work (no credentials, a malformed endpoint, keys or permissions the server refuses) a ConfigurationError
+that fails the task at once, saying what to set.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ async def write_output(
     deadline_s: float | None = None,
     file_root: Path | None = None,
 ) -> None:
-    """Store `data` at `url` (see destinations.py for the URL forms); raises InputError or RetryableError.
+    """Store `data` at `url` (see destinations.py for the URL forms); raises a PermanentError or RetryableError.
 
     `s3_endpoint` is the deployment's S3 endpoint URL, used only to recognise path-style URLs on it;
     the S3 client itself resolves its endpoint from the standard AWS environment and config files, and
@@ -75,7 +77,7 @@ async def _put_s3(bucket: str, key: str, data: bytes, content_type: str, s3: S3C
     try:
         await (await s3.client()).put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
     except S3_ERRORS as exc:
-        raise s3_error(exc, f"output s3://{bucket}/{key}") from exc
+        raise s3_error(exc, "output", f"s3://{bucket}/{key}", bucket) from exc
 
 
 async def _put_http(url: str, data: bytes, content_type: str, http: httpx.AsyncClient) -> None:

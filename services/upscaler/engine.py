@@ -1,7 +1,9 @@
 """The facade the upscaler worker calls: pick a model, run it over a picture, or fall back to Lanczos.
 
-Routing: `options.model` when given (its weights must be installed), else `catalog.ROUTES[category]`; a routed
-model whose weights are missing degrades to a Lanczos resize, labelled as such in `model_used`.
+Routing: `options.model` when given (its weights must be installed), else `catalog.ROUTES[category]`. Weights being
+downloaded (`modelfiles.downloading`: `task-manager up` fetches the routed models in the background) are waited for,
+up to `model_wait_s`. A routed model whose weights are still missing then runs on the closest installed network
+(`modelfiles.stand_in`), else degrades to a Lanczos resize; `model_used` says which and why.
 Pictures (`services.upscaler.picture`) keep 16-bit data and alpha; `upscale` also takes a Pillow image.
 The network runs through `batcher.TileBatcher` (tiles, batches shared by the images of concurrent callers,
 fp16 with fp32 fallback, OOM splitting), which owns the device from one thread;
@@ -16,10 +18,12 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
 import torch
 from PIL import Image
 from torch import nn
@@ -30,6 +34,7 @@ from services.upscaler.batcher import TileBatcher
 from services.upscaler.inference import Network, Stats, TileRunner, TileSettings
 from services.upscaler.modelcache import ModelCache
 from services.upscaler.picture import Picture, from_pil
+from services.upscaler.plan import Cancelled
 from shared import modelfiles
 from shared.contracts import catalog
 from shared.contracts.options import DEFAULT_ALPHA_MODE, check_output_size, tile_overlap, validate_options
@@ -37,6 +42,8 @@ from shared.messages import Category, UpscaleOptions
 from shared.runtime.errors import ConfigurationError, InputError
 
 FALLBACK_SCALE = 4.0
+DOWNLOAD_POLL_S = 1.0  # how often a task waiting for its model's download looks for the file
+log = structlog.get_logger()
 
 
 @dataclass(frozen=True)
@@ -44,8 +51,10 @@ class UpscaleResult:
     """What `Upscaler.upscale` made, and with which model on which device."""
 
     picture: Picture
-    model_used: str  # e.g. "realesr-animevideov3", or "lanczos (fallback: RealESRGAN_x4plus weights not installed)"
-    fallback: bool
+    # e.g. "RealESRGAN_x4plus", "realesr-animevideov3 (RealESRGAN_x4plus not installed)",
+    # "lanczos (fallback: RealESRGAN_x4plus weights not installed)"
+    model_used: str
+    fallback: bool  # the routed model did not run: a stand-in network or Lanczos did
     device: str  # "cpu" | "cuda:0"
 
     @property
@@ -87,6 +96,7 @@ class Upscaler:
     options.tile_overlap gives for the task's tile_pad and model). `half`: fp16 on CUDA. `channels_last` (None:
     on CUDA). `compile`: torch.compile the nets.
     `max_output_pixels`: larger outputs are refused before inference (None: no limit).
+    `model_wait_s`: how long a task waits for its model's weights while they are being downloaded (0: not at all).
     `runner_class`: what drives the device; a bench or test passes a stand-in subclass (bench/upscale_cpu.py).
     """
 
@@ -102,10 +112,12 @@ class Upscaler:
         channels_last: bool | None = None,
         compile: bool = False,
         max_output_pixels: int | None = None,
+        model_wait_s: float = 0.0,
         runner_class: type[TileRunner] = TileRunner,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.max_output_pixels = max_output_pixels
+        self.model_wait_s = model_wait_s
         self.default_tile = default_tile
         self.batch = batch
         self.feather = feather
@@ -178,8 +190,8 @@ class Upscaler:
 
         Safe to call from several threads at once: their tiles share batches, highest `priority` first.
         Raises InputError for bad options, ConfigurationError when an explicitly requested model is not
-        installed. Exceptions raised by `progress` propagate (that is how to abort), as does
-        `plan.Cancelled` once `cancel` is set.
+        installed (once a download of it under way has had `model_wait_s`). Exceptions raised by `progress`
+        propagate (that is how to abort), as does `plan.Cancelled` once `cancel` is set.
         """
         try:
             validate_options(options)
@@ -189,17 +201,21 @@ class Upscaler:
         name = options.model or catalog.ROUTES[category]
         denoise = options.denoise_strength if name == catalog.DENOISE_MODEL else None
         needed = [name] + ([catalog.DENOISE_HELPER] if denoise is not None and denoise != 1 else [])
-        missing = [n for n in needed if not modelfiles.is_installed(n, self.model_dir)]
+        # The final size: the model's own scale unless outscale says otherwise; a stand-in or Lanczos gives it too.
+        outscale = float(catalog.get(name).scale) if options.outscale is None else options.outscale
+        self._check_output_size(picture.size, None, outscale)
+        missing = self._await_weights(needed, cancel)
         if missing and options.model is not None:
             modelfiles.require(missing[0], self.model_dir)  # raises ConfigurationError with the install command
-        self._check_output_size(picture.size, None if missing else catalog.get(name).scale, options.outscale)
-        if missing:
-            outscale = options.outscale if options.outscale is not None else FALLBACK_SCALE
-            resized = picture.resized(scaled_size(picture.size, outscale))
-            if progress is not None:
-                progress(1.0)
-            label = f"lanczos (fallback: {missing[0]} weights not installed)"
-            return UpscaleResult(resized, label, fallback=True, device=self.device)
+        why = None
+        if missing:  # routed, so no denoise: only the model itself can be missing
+            absent = "still downloading" if modelfiles.downloading(name, self.model_dir) else "not installed"
+            stand_in = modelfiles.stand_in(name, self.model_dir)
+            if stand_in is None:
+                return self._lanczos(picture, outscale, f"lanczos (fallback: {name} weights {absent})", progress)
+            options = options.model_copy(update={"outscale": outscale})  # a x2 stand-in is resized to the x4
+            why, name = f"{name} {absent}", stand_in
+        self._check_output_size(picture.size, catalog.get(name).scale, options.outscale)
 
         with self._preparing:
             network, job = self._prepare(picture, name, denoise, options)
@@ -208,7 +224,43 @@ class Upscaler:
         if options.outscale is not None and options.outscale != network.scale:
             out = out.resized(scaled_size(picture.size, options.outscale))
         label = name if denoise is None else f"{name} (denoise_strength {denoise:g})"
-        return UpscaleResult(out, label, fallback=False, device=self.device)
+        if why is not None:
+            label = f"{name} ({why})"
+        return UpscaleResult(out, label, fallback=why is not None, device=self.device)
+
+    def _await_weights(self, names: list[str], cancel: threading.Event | None) -> list[str]:
+        """Those of `names` whose weights are missing, after waiting up to `model_wait_s` for any being downloaded.
+
+        Runs in the handler's thread (the worker calls the engine through asyncio.to_thread), so it polls the
+        model dir without holding up the event loop or other tasks; `cancel` (set when the handler is cancelled:
+        shutting down, or a stall) ends the wait with plan.Cancelled.
+        """
+        deadline = time.monotonic() + self.model_wait_s
+        announced = False
+        while True:
+            missing = [n for n in names if not modelfiles.is_installed(n, self.model_dir)]
+            pending = [n for n in missing if modelfiles.downloading(n, self.model_dir)]
+            left_s = deadline - time.monotonic()
+            if not pending or left_s <= 0:
+                if announced:
+                    log.info("model_wait_over", models=pending or names, installed=not missing)
+                return missing
+            if not announced:
+                log.info("model_wait", models=pending, wait_s=round(left_s))
+                announced = True
+            if cancel is None:
+                time.sleep(min(DOWNLOAD_POLL_S, left_s))
+            elif cancel.wait(min(DOWNLOAD_POLL_S, left_s)):
+                raise Cancelled("cancelled while waiting for the model's download")
+
+    def _lanczos(
+        self, picture: Picture, outscale: float, label: str, progress: Callable[[float], None] | None
+    ) -> UpscaleResult:
+        """The last resort: a Lanczos resize by `outscale`."""
+        resized = picture.resized(scaled_size(picture.size, outscale))
+        if progress is not None:
+            progress(1.0)
+        return UpscaleResult(resized, label, fallback=True, device=self.device)
 
     def _prepare(
         self, picture: Picture, name: str, denoise: float | None, options: UpscaleOptions

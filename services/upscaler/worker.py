@@ -80,6 +80,7 @@ async def make_handler(topology: Topology, settings: Settings, upscaler: Upscale
         device=settings.device,
         default_tile=settings.tile,
         max_output_pixels=settings.max_output_pixels,
+        model_wait_s=settings.model_wait_s,
     )
     formats, max_pixels = settings.accepted_formats(), settings.max_input_pixels
     loop = asyncio.get_running_loop()

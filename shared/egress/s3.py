@@ -5,6 +5,12 @@ an aiohttp session): opening one per object cost 27.4 ms of CPU per PUT, against
 client (150 KB objects on SeaweedFS). A kept client also keeps its connections alive. It resolves its
 endpoint and credentials from boto's standard variables once, when it is first used; credentials that
 expire (instance roles, SSO) are refreshed by botocore itself.
+
+Settings that cannot work (no credentials at all, a malformed endpoint, an unknown AWS_PROFILE) raise
+on use, as the errors shared/egress/failures.py maps to a ConfigurationError, and no client is kept: the
+next use looks again, so credentials that appear later (a mounted secret, a role) are found without a
+restart. A client made without credentials would have failed every request for the rest of the process.
+A process that never touches S3 never reads its settings, so they cannot stop it from starting.
 """
 
 from __future__ import annotations
@@ -16,13 +22,15 @@ from typing import Any
 
 import aioboto3
 from aiobotocore.config import AioConfig
+from botocore.exceptions import BotoCoreError, NoCredentialsError
+
+from shared.egress.failures import S3SettingsError, s3_endpoint_problem
 
 
 class S3Client:
     """The process's S3 client: `await s3.client()` gives it, `await s3.close()` ends it."""
 
     def __init__(self, max_connections: int = 16) -> None:
-        self._session = aioboto3.Session()
         self._config = AioConfig(max_pool_connections=max_connections)
         self._stack = AsyncExitStack()
         self._client: Any = None
@@ -33,11 +41,25 @@ class S3Client:
         if self._client is None:
             async with self._opening:
                 if self._client is None:
-                    # No endpoint_url: boto resolves it (AWS_ENDPOINT_URL_S3, config files, or AWS itself).
-                    self._client = await self._stack.enter_async_context(
-                        self._session.client("s3", config=self._config)
-                    )
+                    self._client = await self._open()
         return self._client
+
+    async def _open(self) -> Any:
+        if problem := s3_endpoint_problem():
+            raise S3SettingsError(problem)
+        # A session of its own per try, so that a failed one leaves nothing behind for the next to find.
+        session = aioboto3.Session()  # reads AWS_PROFILE's files: ProfileNotFound, ConfigParseError
+        if await session.get_credentials() is None:
+            raise NoCredentialsError()
+        try:
+            # No endpoint_url: boto resolves it (AWS_ENDPOINT_URL_S3, config files, or AWS itself).
+            return await self._stack.enter_async_context(session.client("s3", config=self._config))
+        except BotoCoreError:
+            raise
+        except ValueError as exc:  # botocore's "Invalid endpoint: ...", for one from the AWS config files
+            raise S3SettingsError(
+                f"the S3 endpoint is malformed ({exc}): check endpoint_url in the AWS config files"
+            ) from exc
 
     async def close(self) -> None:
         self._client = None

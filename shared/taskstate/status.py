@@ -126,7 +126,7 @@ class TaskStatus(BaseModel):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     classification: Classification | None = None
     worker_type: str | None = None  # "gpu" | "cpu": where the upscaling ran
-    run: int = 1  # incremented when an operator replays the task from the dead-letter stream
+    run: int = 1  # incremented by a new run of the ended task: a dead-letter replay, or a retry through the API
     callback: CallbackDelivery | None = None  # only for a task with a callback_url, once it has ended
     schema_version: int = SCHEMA_VERSION
 
@@ -225,7 +225,7 @@ class TaskStatus(BaseModel):
         return max(arrived, parse_time(queued_at)) if queued_at else arrived
 
     def reopen(self) -> None:
-        """Run the task again from the first stage (dead-letter replay): a new run of the same task."""
+        """Run the task again from the first stage (dead-letter replay, API retry): a new run of the same task."""
         self.run += 1
         self.state = TaskState.PENDING
         self.progress = 0.0

@@ -25,7 +25,8 @@ from tests.api.conftest import api_only
 
 KEY = "schema-test-key"
 EXAMPLES_PER_OPERATION = 40
-OPERATIONS = 11  # POST /api/v1/tasks, GET/DELETE /api/v1/tasks/{id}, POST .../revoke, GET .../events, /health,
+OPERATIONS = 13  # POST and GET /api/v1/tasks, GET/DELETE /api/v1/tasks/{id}, POST .../revoke, POST .../retry,
+# GET .../events, /health,
 # /dashboard, /dashboard/metrics, /dashboard/data, and with keys on POST /dashboard/signin and /dashboard/signout
 
 

@@ -15,6 +15,7 @@ import pytest
 from services.cli.supervisor import choose_file_root
 from tests.servers import S3Server
 from tests.system import ROOT, free_port, worker_records
+from tests.upscaler.mirror import ReleaseMirror
 
 SERVICES = {"api", "fetcher", "classifier", "upscaler", "uploader", "notifier"}
 
@@ -36,6 +37,10 @@ def up(tmp_path: Path, s3_server: S3Server, model_dir: Path):
     api_port, nats_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
     env.update(s3_server.env(), TM_MODEL_DIR=str(model_dir), TM_HEARTBEAT_S="1", TM_FETCH_ALLOW_PRIVATE_NETWORKS="1")
+    # model_dir holds realesr-animevideov3 only: `up` fetches the routed models from a mirror that has none
+    # (never from GitHub, and the session's model dir stays as it is).
+    mirror = ReleaseMirror()
+    env["TM_MODEL_MIRROR"] = mirror.url
     log = open(tmp_path / "up.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "up", "--port", str(api_port), "--nats-port", str(nats_port),
@@ -47,6 +52,7 @@ def up(tmp_path: Path, s3_server: S3Server, model_dir: Path):
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
     log.close()
+    mirror.close()
 
 
 async def test_up_runs_supervises_and_stops_cleanly(up) -> None:
@@ -65,6 +71,11 @@ async def test_up_runs_supervises_and_stops_cleanly(up) -> None:
     except TimeoutError:
         pytest.fail("system did not come up:\n" + log_path.read_text()[-4000:])
     assert set(workers) == SERVICES
+    # The missing weights were tried in the background and are reported in one line, with the fix.
+    unavailable = [line for line in log_path.read_text().splitlines() if "models_unavailable" in line]
+    assert len(unavailable) == 1 and "HTTP 404" in unavailable[0], log_path.read_text()[-4000:]
+    assert "task-manager models download RealESRGAN_x4plus" in unavailable[0]
+    assert "meanwhile portrait, photo, anime and text tasks run realesr-animevideov3" in unavailable[0]
 
     # A crashed service is restarted by the supervisor.
     os.kill(workers["fetcher"], signal.SIGKILL)
@@ -99,3 +110,14 @@ def test_the_file_root_is_a_directory_of_its_own_unless_chosen(tmp_path: Path, m
     assert choose_file_root("", data) == ""  # file:// off
     monkeypatch.chdir(tmp_path)
     assert choose_file_root("pictures", data) == str(tmp_path / "pictures")  # made absolute for the services
+
+
+def test_up_refuses_invalid_settings_in_one_line(tmp_path: Path) -> None:
+    env = dict(os.environ, TM_DEVICE="gpu", TM_MODEL_DIR=str(tmp_path / "models"))
+    run = subprocess.run(
+        [sys.executable, "-m", "services.cli", "up", "--data-dir", str(tmp_path / "data")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 1 and run.stderr.strip().splitlines() == [
+        "task-manager up: invalid settings: device: Value error, TM_DEVICE must be auto, cpu, cuda or cuda:N"
+    ], run.stderr

@@ -21,7 +21,7 @@ from shared.egress.netguard import AddressPolicy
 from shared.egress.s3 import S3Client
 from shared.egress.transport import guarded_client
 from shared.runtime import stage
-from shared.runtime.errors import MAX_BACKOFF_S, InputError, RetryableError
+from shared.runtime.errors import MAX_BACKOFF_S, ConfigurationError, InputError, RetryableError
 from tests.servers import S3Server, StaticHTTPServer
 
 MAX = 1024
@@ -192,12 +192,27 @@ async def test_s3_ok_missing_and_too_large(s3_env: S3Server, s3_bucket: str, htt
     await session.close()
 
 
-async def test_s3_wrong_credentials_are_input_errors(
-    s3_env: S3Server, s3_bucket: str, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+async def test_s3_wrong_or_missing_credentials_are_configuration_errors(
+    s3_env: S3Server, s3_bucket: str, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    # Not the input's fault, and no retry can pass: the deployment's settings must change.
+    url = f"s3://{s3_bucket}/x.png"
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
-    with pytest.raises(InputError, match="SignatureDoesNotMatch|AccessDenied"):
-        await read_input(f"s3://{s3_bucket}/x.png", http=http, policy=STRICT, max_bytes=MAX)
+    with pytest.raises(
+        ConfigurationError, match=r"^input s3://.*: SignatureDoesNotMatch \(.*check AWS_SECRET_ACCESS_KEY"
+    ):
+        await read_input(url, http=http, policy=STRICT, max_bytes=MAX)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(ConfigurationError) as caught:
+        await read_input(url, http=http, policy=STRICT, max_bytes=MAX)
+    assert str(caught.value) == (
+        f"input {url}: S3 credentials are not configured: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+        "(or AWS_PROFILE), and AWS_ENDPOINT_URL_S3 for a non-AWS server"
+    )
 
 
 async def test_s3_unreachable_endpoint_is_retryable(

@@ -45,6 +45,21 @@ def test_download_from_mirror(monkeypatch, http_root, tmp_path: Path, capsys) ->
     assert "sha256 verified" in capsys.readouterr().out
 
 
+def test_download_several_from_the_mirror_in_the_environment(monkeypatch, http_root, tmp_path: Path) -> None:
+    root, base = http_root
+    for name in ("RealESRGAN_x4plus_anime_6B", "RealESRGAN_x4plus"):
+        payload = name.encode() * 10
+        spec = catalog.get(name)
+        fake = dataclasses.replace(spec, size_bytes=len(payload), sha256=hashlib.sha256(payload).hexdigest())
+        monkeypatch.setitem(catalog.MODELS, name, fake)
+        (root / spec.url.removeprefix(catalog.OFFICIAL_URL_PREFIX)).parent.mkdir(exist_ok=True)
+        (root / spec.url.removeprefix(catalog.OFFICIAL_URL_PREFIX)).write_bytes(payload)
+    monkeypatch.setenv("TM_MODEL_MIRROR", base)  # what `up`'s one line tells to set
+    model_dir = tmp_path / "models"
+    assert _run("models", "download", "RealESRGAN_x4plus", "RealESRGAN_x4plus_anime_6B", "--dir", str(model_dir)) == 0
+    assert sorted(p.name for p in model_dir.iterdir()) == ["RealESRGAN_x4plus.pth", "RealESRGAN_x4plus_anime_6B.pth"]
+
+
 def test_download_failure_exits_nonzero(http_root, tmp_path: Path) -> None:
     _, base = http_root
     with pytest.raises(SystemExit, match="1 of 1 downloads failed"):
@@ -52,5 +67,5 @@ def test_download_failure_exits_nonzero(http_root, tmp_path: Path) -> None:
 
 
 def test_download_needs_a_name_or_all(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit, match="either NAME or --all"):
+    with pytest.raises(SystemExit, match="either NAME ... or --all"):
         _run("models", "download", "--dir", str(tmp_path))

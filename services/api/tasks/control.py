@@ -1,14 +1,17 @@
-"""Ending tasks early: revoke (POST /api/v1/tasks/{id}/revoke) and clean-up (DELETE)."""
+"""Ending tasks early, and running ended ones again: revoke (POST /api/v1/tasks/{id}/revoke), retry
+(POST /api/v1/tasks/{id}/retry) and clean-up (DELETE)."""
 
 from __future__ import annotations
 
 import structlog
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, Depends, HTTPException, status
 
 from services.api.deps import ContextDep
+from services.api.guards.backpressure import queue_room
 from services.api.schemas import CleanupResponse, error
 from services.api.tasks.routes import TASK_ERRORS, valid_id
 from shared.blobs import discard_task_blobs
+from shared.runtime.deadletters import NotRerunnableError, start_new_run
 from shared.taskstate.lifecycle import end_task, purge_queued
 from shared.taskstate.status import TaskFinishedError, TaskState, TaskStatus
 from shared.taskstate.store import TaskGoneError
@@ -17,6 +20,8 @@ router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
 log = structlog.get_logger()
 
 REVOKE_ERRORS = {**TASK_ERRORS, 409: error("The task already finished")}
+RETRYABLE = "FAILURE, TIMEOUT or REVOKED"  # shared/runtime/deadletters.py RERUNNABLE
+RETRY_ERRORS = {**TASK_ERRORS, 409: error(f"The task is not {RETRYABLE} (running, succeeded, or retried already)")}
 
 
 async def _found(ctx: ContextDep, task_id: str) -> TaskStatus:
@@ -39,6 +44,30 @@ async def revoke_task(task_id: str, ctx: ContextDep) -> TaskStatus:
     log.info("task_revoked", task_id=task_id, was=found.state.value)
     assert ended is not None
     return ended
+
+
+@router.post(
+    "/{task_id}/retry",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=TaskStatus,
+    responses=RETRY_ERRORS,
+    dependencies=[Depends(queue_room)],  # a new run is new work in the queues, as a submission is
+)
+async def retry_task(task_id: str, ctx: ContextDep) -> TaskStatus:
+    """Run a FAILURE, TIMEOUT or REVOKED task again from its first stage, as the next run of the same task."""
+    found = await _found(ctx, task_id)
+    try:
+        # The run read here is the one retried: of two retries at once, the compare-and-set lets one in.
+        reopened = await start_new_run(ctx.topology.js, ctx.store, task_id, of_run=found.run)
+    except NotRerunnableError as exc:
+        detail = f"Task {task_id} is {exc.state.value} (run {exc.run}); only a {RETRYABLE} task can be retried"
+        if exc.run != found.run:
+            detail = f"Task {task_id} was retried already: run {exc.run} is {exc.state.value}"
+        raise HTTPException(status.HTTP_409_CONFLICT, detail) from exc
+    except TaskGoneError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"Task {task_id} not found") from exc
+    log.info("task_retried", task_id=task_id, was=found.state.value, run=reopened.run)
+    return reopened
 
 
 @router.delete("/{task_id}", response_model=CleanupResponse, responses=TASK_ERRORS)
