@@ -1,9 +1,10 @@
-"""`task-manager up`: NATS (unless NATS_URL is given), the API, the four stages and the
-webhook notifier as processes, and the routed models' weights when they are missing.
+"""`task-manager up`: NATS (unless NATS_URL is given), S3 (unless one is configured: `s3local`), the API,
+the four stages and the webhook notifier as processes, and the routed models' weights when they are missing.
 
 Each service is its own process, restarted with backoff when it dies; SIGINT/SIGTERM stop the
-services first (they drain their work) and the embedded NATS server last. Missing weights download
-in the background (`modelfetch`) while the stack serves; tasks that need them wait for them a while.
+services first (they drain their work), then the embedded S3 server, and the embedded NATS server last.
+Missing weights download in the background (`modelfetch`) while the stack serves; tasks that need them
+wait for them a while.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import httpx
 import structlog
 from pydantic import ValidationError
 
-from services.cli import modelfetch
+from services.cli import modelfetch, s3local
 from shared.config import Settings
 
 SERVICES = ("api", "fetcher", "classifier", "upscaler", "uploader", "notifier")
@@ -139,7 +140,9 @@ def choose_file_root(chosen: str | None, data_dir: Path) -> str:
     return str(Path(chosen).resolve()) if chosen else ""
 
 
-async def run(host: str, port: int, data_dir: Path, nats_port: int, file_root: str | None = None) -> int:
+async def run(
+    host: str, port: int, data_dir: Path, nats_port: int, file_root: str | None = None, s3_port: int = 8333
+) -> int:
     env = dict(os.environ, TM_API_HOST=host, TM_API_PORT=str(port))
     env["TM_FILE_ROOT"] = choose_file_root(file_root, data_dir)
     try:  # the services read the same settings: refuse a bad value once, here, rather than in six crash loops
@@ -153,6 +156,20 @@ async def run(host: str, port: int, data_dir: Path, nats_port: int, file_root: s
         nats_process = await start_nats(data_dir, nats_port)
         env["NATS_URL"] = f"nats://127.0.0.1:{nats_port}"
     log.info("nats", url=env["NATS_URL"], embedded=nats_process is not None)
+    local_s3 = None
+    if not s3local.configured_elsewhere():
+        try:
+            local_s3 = await s3local.start(data_dir, s3_port, find_binary("weed"))
+        except SystemExit:
+            if nats_process is not None:  # not left running without its supervisor
+                nats_process.terminate()
+                await nats_process.wait()
+            raise
+        env.update(local_s3.env())
+        log.info("s3", endpoint=local_s3.endpoint_url, embedded=True, data=str(data_dir / "s3"),
+                 read_with=f". {local_s3.env_file} && aws --endpoint-url {local_s3.endpoint_url} s3 ls")  # fmt: skip
+    else:
+        log.info("s3", endpoint=env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"), embedded=False)
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -183,6 +200,8 @@ async def run(host: str, port: int, data_dir: Path, nats_port: int, file_root: s
     for service in services:
         if service.process is not None:
             await service.process.wait()
+    if local_s3 is not None:
+        await local_s3.stop()
     if nats_process is not None:
         nats_process.terminate()
         await nats_process.wait()

@@ -32,41 +32,51 @@ async def wait_for(condition, timeout_s: float, what: str):
     return value
 
 
-@pytest.fixture
-def up(tmp_path: Path, s3_server: S3Server, model_dir: Path):
+def start_up(tmp_path: Path, env: dict[str, str], *args: str) -> tuple[subprocess.Popen[bytes], str, str, Path]:
+    """`task-manager up` in a session of its own, its output in tmp_path/up.log; stopped by `stop_up`."""
     api_port, nats_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
-    env.update(s3_server.env(), TM_MODEL_DIR=str(model_dir), TM_HEARTBEAT_S="1", TM_FETCH_ALLOW_PRIVATE_NETWORKS="1")
-    # model_dir holds realesr-animevideov3 only: `up` fetches the routed models from a mirror that has none
-    # (never from GitHub, and the session's model dir stays as it is).
-    mirror = ReleaseMirror()
-    env["TM_MODEL_MIRROR"] = mirror.url
-    log = open(tmp_path / "up.log", "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "up", "--port", str(api_port), "--nats-port", str(nats_port),
-         "--data-dir", str(tmp_path / "data")],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    yield process, f"http://127.0.0.1:{api_port}", f"nats://127.0.0.1:{nats_port}", tmp_path / "up.log"
+    log_path = tmp_path / "up.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "up", "--port", str(api_port), "--nats-port", str(nats_port),
+             "--data-dir", str(tmp_path / "data"), *args],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    return process, f"http://127.0.0.1:{api_port}", f"nats://127.0.0.1:{nats_port}", log_path
+
+
+def stop_up(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-    log.close()
-    mirror.close()
+
+
+def up_env(model_dir: Path, mirror: ReleaseMirror, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
+    env.update(TM_MODEL_DIR=str(model_dir), TM_HEARTBEAT_S="1", TM_FETCH_ALLOW_PRIVATE_NETWORKS="1")
+    env.update(TM_MODEL_MIRROR=mirror.url, **extra)
+    return env
+
+
+@pytest.fixture
+def up(tmp_path: Path, s3_server: S3Server, model_dir: Path, mirror: ReleaseMirror):
+    process, api_url, nats_url, log_path = start_up(tmp_path, up_env(model_dir, mirror, **s3_server.env()))
+    yield process, api_url, nats_url, log_path
+    stop_up(process)
+
+
+async def api_healthy(api_url: str) -> bool:
+    try:
+        async with httpx.AsyncClient() as client:
+            return (await client.get(f"{api_url}/health")).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 async def test_up_runs_supervises_and_stops_cleanly(up) -> None:
     process, api_url, nats_url, log_path = up
-
-    async def healthy() -> bool:
-        try:
-            async with httpx.AsyncClient() as client:
-                return (await client.get(f"{api_url}/health")).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     try:
-        await wait_for(healthy, 90, "API healthy")
+        await wait_for(lambda: api_healthy(api_url), 90, "API healthy")
         workers = await wait_for(lambda: _all_workers(nats_url), 90, "all workers")
     except TimeoutError:
         pytest.fail("system did not come up:\n" + log_path.read_text()[-4000:])
@@ -87,6 +97,10 @@ async def test_up_runs_supervises_and_stops_cleanly(up) -> None:
     await wait_for(fetcher_replaced, 60, "fetcher restarted")
     assert "service_exited" in log_path.read_text()
     assert (log_path.parent / "data" / "files").is_dir()  # file:// is confined to DATA_DIR/files
+    # AWS_ENDPOINT_URL_S3 and keys are set: that S3 is used, and no embedded one is started.
+    s3_lines = [line for line in log_path.read_text().splitlines() if '"event": "s3"' in line]
+    assert len(s3_lines) == 1 and '"embedded": false' in s3_lines[0], s3_lines
+    assert not (log_path.parent / "data" / "s3").exists()
 
     # SIGTERM stops everything: the supervisor exits 0 and leaves no process of its group behind.
     process.send_signal(signal.SIGTERM)

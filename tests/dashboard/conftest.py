@@ -49,3 +49,17 @@ async def api_alone(own_nats: NatsServer, tmp_path):
         yield system
     finally:
         system.stop()
+
+
+API_KEY = "tm-dashboard-" + "k" * 24
+
+
+@pytest.fixture
+async def secured_api(own_nats: NatsServer, tmp_path):
+    """The API alone, with one API key (API_KEY): browsers sign in to the dashboard."""
+    system = System(own_nats.url, tmp_path / "logs", {"TM_API_KEYS": API_KEY})
+    try:
+        await system.start("api")
+        yield system
+    finally:
+        system.stop()

@@ -1,6 +1,7 @@
 """The dashboard in a real headless Chromium: it refreshes itself in place (no page reload) while a
-task runs to SUCCESS, a full-page screenshot of it is a real render, and with API keys on a browser
-signs in through the form (session cookie) and out again.
+task runs to SUCCESS, a full-page screenshot of it is a real render, its row links to the task's own
+page (screenshotted too), and with API keys on a browser signs in through the form (session cookie)
+and out again.
 
 Needs Debian's chromium at /usr/bin/chromium and the `playwright` package (the test extra); it
 skips cleanly without them. Playwright's own browser download is never used.
@@ -30,6 +31,7 @@ ARGS = [
     "--disable-sync",
 ]
 SCREENSHOT = ROOT / "test-output" / "dashboard.png"
+TASK_SCREENSHOT = ROOT / "test-output" / "task.png"
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e .[test])")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)")
@@ -65,9 +67,16 @@ def test_dashboard_follows_a_task_without_reloading(system: System, task_body: d
 
             SCREENSHOT.parent.mkdir(exist_ok=True)
             page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+            # The row's link opens the task's own page: four stages done, the input previewed.
+            row.locator(f"a[href='/dashboard/tasks/{task_id}']").click()
+            page.wait_for_url(f"**/dashboard/tasks/{task_id}", timeout=30_000)
+            sync_api.expect(page.locator("#timeline tbody tr .s-SUCCESS")).to_have_count(4)
+            page.wait_for_function("document.querySelector('#previews img').naturalWidth > 0", timeout=15_000)
+            page.screenshot(path=str(TASK_SCREENSHOT), full_page=True)
         finally:
             browser.close()
-    print(f"dashboard screenshot: {SCREENSHOT}")
+    print(f"dashboard screenshots: {SCREENSHOT}, {TASK_SCREENSHOT}")
     assert errors == []
 
     with Image.open(SCREENSHOT) as shot:

@@ -1,5 +1,6 @@
-"""The dashboard page's HTML shell, style sheet and refresh script (inlined: one request, no static files
-to package). `<!--name-->` markers are filled in by services/api/dashboard/page.py."""
+"""The dashboard page's HTML shell, style sheet and refresh script, and a task page's shell (inlined: one
+request, no static files to package). `<!--name-->` markers are filled in by services/api/dashboard/page.py
+and taskpage.py."""
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
@@ -19,10 +20,24 @@ PAGE = """<!doctype html>
 <h2>Queues</h2>
 <div class="grid"><div class="stack"><!--stages--><!--consumers--></div><!--streams--></div>
 <!--tasks-->
+<!--search-->
 <!--endpoints-->
 </main>
 <script id="dashboard-spec" type="application/json"><!--spec--></script>
 <script><!--script--></script>
+</body></html>
+"""
+
+TASK_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>task-manager <!--title--></title><link rel="icon" href="data:,">
+<style><!--style--></style>
+</head><body>
+<header>
+<h1><a href="/dashboard">task-manager</a></h1>
+<nav><a href="/dashboard">Dashboard</a><a href="/docs">Swagger UI</a></nav>
+</header>
+<main><!--body--></main>
 </body></html>
 """
 
@@ -63,6 +78,18 @@ code{font:12px ui-monospace,SFMono-Regular,Menlo,monospace;background:#f0f2f5;pa
 .s-TIMEOUT{background:#fff3c4;color:#8d2b0b}.s-RECEIVED,.s-STARTED{background:#dceefb;color:#0b4f71}
 .bar{display:inline-block;width:80px;height:8px;background:#e4e7eb;border-radius:4px;vertical-align:middle;overflow:hidden}
 .bar i{display:block;height:100%;background:#2186eb}
+header h1 a{color:inherit;text-decoration:none}
+#facts{display:grid;grid-template-columns:max-content 1fr;gap:.3rem 1.2rem;background:#fff;border:1px solid #e4e7eb;
+ border-radius:6px;padding:.8rem 1.2rem;margin:0}
+#facts dt{color:#616e7c;font-weight:600}#facts dd{margin:0;overflow-wrap:anywhere}
+.error{color:#8a041a;white-space:normal}
+#previews{display:flex;gap:1rem;flex-wrap:wrap}
+figure{margin:0;background:#fff;border:1px solid #e4e7eb;border-radius:6px;padding:.5rem}
+figure img{display:block;max-width:320px;max-height:240px;image-rendering:auto}
+figcaption{color:#616e7c;font-size:.85rem;margin-top:.3rem}
+form.action{display:inline-block;margin:0 0 .8rem}form.action button{font:inherit;padding:.25rem .9rem;cursor:pointer}
+#search{display:flex;gap:1rem;align-items:center;flex-wrap:wrap;margin:1.4rem 0 .5rem}
+#search input,#search select,#search button{font:inherit;padding:.2rem .4rem}
 """
 
 # Mirrors page.cell and render_section; keep the two in step.
@@ -93,6 +120,7 @@ SCRIPT = """
     const t = esc(v);
     switch (fmt) {
       case "code": return `<code>${t}</code>`;
+      case "task": return `<a href='/dashboard/tasks/${encodeURIComponent(v)}'><code>${t}</code></a>`;
       case "age": return age(v);
       case "ago": return age(v) + " ago";
       case "ids": return v.map((id) => `<code title='${esc(id)}'>${esc(id.slice(0, 8))}</code>`).join(" ");

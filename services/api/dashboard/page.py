@@ -14,6 +14,7 @@ from html import escape
 from typing import Any
 
 from services.api.dashboard.assets import PAGE, SCRIPT, STYLE
+from services.api.dashboard.taskpage import search_form, task_href
 from shared.queues import format_age
 
 REFRESH_MS = 2000
@@ -75,7 +76,7 @@ SECTIONS = (
     ),
     Section(
         "tasks", "Recent tasks", "tasks",
-        (("task_id", "Task", "code"), ("state", "State", "state"), ("stage", "Stage", "text"),
+        (("task_id", "Task", "task"), ("state", "State", "state"), ("stage", "Stage", "text"),
          ("progress", "Progress", "progress"), ("priority", "Priority", "text"), ("submitted_at", "Submitted", "time"),
          ("duration_s", "Took", "age"), ("error", "Error", "text")),
         "No tasks yet.",
@@ -102,6 +103,8 @@ def cell(fmt: str, value: Any, row: dict[str, Any]) -> str:
     text = escape(str(value))
     if fmt == "code":
         return f"<code>{text}</code>"
+    if fmt == "task":  # a link to the task's own page
+        return f"<a href='{escape(task_href(str(value)))}'><code>{text}</code></a>"
     if fmt in ("age", "ago"):
         return format_age(value) + (" ago" if fmt == "ago" else "")
     if fmt == "ids":
@@ -159,6 +162,7 @@ def render_page(data: dict[str, Any], data_url: str, signed_in: bool = False) ->
     """The whole page for one /dashboard/data document (with a sign-out button for a browser session)."""
     fills = {
         "signout": SIGN_OUT if signed_in else "",
+        "search": search_form(),
         "style": STYLE,
         "script": SCRIPT,
         "version": escape(str(data.get("version", ""))),

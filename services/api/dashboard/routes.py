@@ -1,18 +1,25 @@
 """The operator's view: /dashboard (HTML), /dashboard/data (the same as JSON, which the page fetches
-to refresh itself) and /dashboard/metrics (Prometheus text)."""
+to refresh itself), /dashboard/tasks/{id} (one task's page) and /dashboard/metrics (Prometheus text)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from services.api.dashboard.actions import csrf_token, done, refused
 from services.api.dashboard.overview import DashboardData, Endpoint, collect
 from services.api.dashboard.page import render_page
+from services.api.dashboard.taskpage import SEARCH_LIMIT, render_missing_task, render_search, render_task_page
 from services.api.deps import ContextDep
 from services.api.guards.auth import SESSION_COOKIE
+from services.api.guards.backpressure import queue_room
+from services.api.tasks.control import retry_task, revoke_task
+from services.api.tasks.index import Filters
+from services.api.tasks.routes import valid_id
+from shared.taskstate.status import TaskState
 
 router = APIRouter(prefix="/dashboard", tags=["monitoring"])
 
@@ -58,3 +65,58 @@ async def dashboard(request: Request, ctx: ContextDep) -> HTMLResponse:
     signed_in = SESSION_COOKIE in request.cookies
     page = render_page(data.model_dump(mode="json"), str(request.url_for("dashboard_data").path), signed_in)
     return HTMLResponse(page)
+
+
+# Pages for people, reached from the dashboard's search form and rows; left out of the OpenAPI document
+# (and so of the schema fuzzing in tests/api/test_schema.py), like /docs. The dashboard's guard still
+# covers them.
+@router.get("/tasks", response_class=HTMLResponse, include_in_schema=False)
+async def task_search(ctx: ContextDep, state: str = "", id_prefix: str = "") -> HTMLResponse:
+    """Find tasks by state and id prefix (the newest first), as GET /api/v1/tasks does."""
+    prefix, problem = id_prefix.strip().lower(), ""
+    if state and state not in TaskState.__members__:
+        problem = f"No state is called {state!r}."
+    elif prefix and (len(prefix) > 36 or prefix.strip("0123456789abcdef-")):
+        problem = "An id prefix is made of hex digits and dashes."
+    elif not ctx.index.ready.is_set():
+        problem = "The task list is still loading; try again in a moment."
+    if problem:
+        return HTMLResponse(render_search(state, id_prefix, None, False, problem), status_code=400)
+    filters = Filters(states=frozenset({TaskState(state)} if state else ()), id_prefix=prefix or None)
+    rows, more = ctx.index.page(filters, SEARCH_LIMIT)
+    return HTMLResponse(render_search(state, prefix, rows, more, ""))
+
+
+@router.get("/tasks/{task_id}", response_class=HTMLResponse, include_in_schema=False)
+async def task_page(task_id: str, request: Request, ctx: ContextDep) -> HTMLResponse:
+    """View one task: its stages' times, workers and errors, its input and output."""
+    found = await ctx.store.get(task_id) if valid_id(task_id) else None
+    if found is None:
+        return HTMLResponse(render_missing_task(task_id), status_code=404)
+    return HTMLResponse(render_task_page(found, csrf_token(request, task_id)))
+
+
+@router.post("/tasks/{task_id}/revoke", response_class=HTMLResponse, include_in_schema=False)
+async def revoke_button(task_id: str, request: Request, ctx: ContextDep) -> Response:
+    """The task page's Revoke button (a form with the page's CSRF token: dashboard/actions.py)."""
+    if (refusal := await refused(request, task_id)) is not None:
+        return refusal
+    try:
+        await revoke_task(task_id, ctx)
+    except HTTPException as exc:
+        return done(task_id, exc)
+    return done(task_id, None)
+
+
+@router.post(
+    "/tasks/{task_id}/retry", response_class=HTMLResponse, include_in_schema=False, dependencies=[Depends(queue_room)]
+)
+async def retry_button(task_id: str, request: Request, ctx: ContextDep) -> Response:
+    """The task page's Retry button (a form with the page's CSRF token: dashboard/actions.py)."""
+    if (refusal := await refused(request, task_id)) is not None:
+        return refusal
+    try:
+        await retry_task(task_id, ctx)
+    except HTTPException as exc:
+        return done(task_id, exc)
+    return done(task_id, None)
