@@ -9,10 +9,13 @@ fields, so an older service can read a newer message.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgpack
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
+
+if TYPE_CHECKING:
+    from shared.taskstate.status import TaskStatus
 
 SCHEMA_VERSION = 1
 PRIORITIES = range(0, 11)  # 0 lowest .. 10 highest, as the API accepts them
@@ -106,6 +109,23 @@ class TaskMessage(BaseModel):
     # compare-and-set tries it instead of reading the entry first (a stale one fails and is read afresh).
     state_hint: str | None = None
     state_revision: int | None = None
+
+    @classmethod
+    def first(cls, status: TaskStatus, options: UpscaleOptions, written: tuple[bytes, int] | None) -> TaskMessage:
+        """The first stage's message of a task's run (submission or retry), from its entry: the submitted URLs,
+        options and priority, and the entry as `written` (value, revision), so the fetcher's start needs no read."""
+        assert status.input_url is not None and status.output_url is not None  # every task the API creates has both
+        return cls(
+            task_id=status.task_id,
+            task_name=status.task_name,
+            priority=status.priority,
+            input_url=status.input_url,
+            output_url=status.output_url,
+            options=options,
+            submitted_at=status.submitted_at,
+            state_hint=written[0].decode() if written else None,
+            state_revision=written[1] if written else None,
+        )
 
     def pack(self) -> bytes:
         # Bytes as msgpack binaries, not JSON strings: the images cost their size and no encoding.

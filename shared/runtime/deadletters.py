@@ -198,7 +198,10 @@ async def start_new_run(
         # A message of the ended run is normally gone (acked, or purged by whoever ended the task), but
         # one whose ender died before removing it would otherwise be taken as part of the new run.
         await js.purge_stream(work_stream(reopened.priority), subject=task_work_filter(reopened.priority, task_id))
-        await enqueue(js, _first_message(reopened, store.last_written(task_id)), PIPELINE[0], reopened.run)
+        # The stored kwargs passed the submission's strict checks; callback_url among them is no option.
+        options = UpscaleOptions.model_validate(reopened.kwargs)
+        first = TaskMessage.first(reopened, options, store.last_written(task_id))
+        await enqueue(js, first, PIPELINE[0], reopened.run)
     except Exception as exc:
         # A task with no message queued never moves again, and nothing would time it out: end the new
         # run, so that it can be started again (its dead letters are still there to replay).
@@ -210,23 +213,6 @@ async def start_new_run(
     except Exception as exc:  # the run has started; replay_dead refuses a letter left behind while it goes on
         log.warning("dead_letters_not_discarded", task_id=task_id, run=reopened.run, error=repr(exc))
     return reopened
-
-
-def _first_message(status: TaskStatus, written: tuple[bytes, int] | None) -> TaskMessage:
-    assert status.input_url is not None and status.output_url is not None  # every task the API creates has both
-    return TaskMessage(
-        task_id=status.task_id,
-        task_name=status.task_name,
-        priority=status.priority,
-        input_url=status.input_url,
-        output_url=status.output_url,
-        # The stored kwargs passed the submission's strict checks; callback_url among them is no option.
-        options=UpscaleOptions.model_validate(status.kwargs),
-        submitted_at=status.submitted_at,
-        # The entry as reopened rides along, as at submission: the fetcher's start needs no read.
-        state_hint=written[0].decode() if written else None,
-        state_revision=written[1] if written else None,
-    )
 
 
 async def _fail_unqueued(store: TaskStore, task_id: str, run: int, cause: Exception) -> None:

@@ -75,17 +75,7 @@ async def create_and_enqueue(ctx: ApiContext, task_id: str, accepted: Accepted) 
     try:
         revision = await _through_failover(lambda: ctx.store.create(record))
         # The entry as written rides along: the fetcher's start writes on it without reading it first.
-        first = TaskMessage(
-            task_id=task_id,
-            task_name=body.task_name,
-            priority=body.priority,
-            input_url=accepted.input_url,
-            output_url=accepted.output_url,
-            options=accepted.options,
-            submitted_at=record.submitted_at,
-            state_hint=record.to_json().decode(),
-            state_revision=revision,
-        )
+        first = TaskMessage.first(record, accepted.options, (record.to_json(), revision))
         await _through_failover(lambda: enqueue(ctx.topology.js, first, PIPELINE[0], run=1))
     except Exception as exc:  # NATS unreachable or JetStream unavailable: nothing was accepted
         with contextlib.suppress(Exception):
