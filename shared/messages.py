@@ -91,6 +91,9 @@ class TaskMessage(BaseModel):
 
     schema_version: int = SCHEMA_VERSION
     task_id: str
+    # The task's run this message belongs to (TaskStatus.run): a stage drops a message of an earlier run,
+    # one left queued when the task was ended and started again.
+    run: int = 1
     task_name: str = TASK_NAME
     priority: int = 5
     input_url: str
@@ -117,6 +120,7 @@ class TaskMessage(BaseModel):
         assert status.input_url is not None and status.output_url is not None  # every task the API creates has both
         return cls(
             task_id=status.task_id,
+            run=status.run,
             task_name=status.task_name,
             priority=status.priority,
             input_url=status.input_url,
@@ -140,6 +144,10 @@ class TaskMessage(BaseModel):
         return fields
 
     @classmethod
-    def unpack(cls, data: bytes) -> TaskMessage:
+    def unpack(cls, data: bytes, run_if_absent: int = 1) -> TaskMessage:
+        """Decode a packed message; one packed before messages carried their run is of `run_if_absent` (a stage
+        passes the run its message id names: shared/wire.py `message_run`)."""
         payload: dict[str, Any] = msgpack.unpackb(data)
+        if isinstance(payload, dict):
+            payload.setdefault("run", run_if_absent)
         return cls.model_validate(payload)

@@ -71,13 +71,18 @@ def download_url(name: str, mirror: str | None = None) -> str:
     return url
 
 
+# README's first example names it, and at 2.5 MB it is in place within seconds of a first `up`, so it stands in
+# for a routed model still downloading or out of reach (RealESRGAN_x4plus alone is 67 MB).
+FIRST_RUN_MODEL = "realesr-animevideov3"
+
+
 def default_models() -> list[str]:
-    """The models `task-manager up` makes sure of: every model catalog.ROUTES names, and the denoise helper when
-    the routed general model is one (a task's `denoise_strength` blends the two)."""
+    """The models `task-manager up` makes sure of: every model catalog.ROUTES names, the denoise helper when
+    the routed general model is one (a task's `denoise_strength` blends the two), and FIRST_RUN_MODEL."""
     names = list(dict.fromkeys(catalog.ROUTES.values()))
     if catalog.DENOISE_MODEL in names:
         names.append(catalog.DENOISE_HELPER)
-    return names
+    return list(dict.fromkeys([*names, FIRST_RUN_MODEL]))
 
 
 # The networks that stand in for a routed model whose weights are missing, most alike first: the GAN-trained
@@ -88,10 +93,20 @@ _X2 = ("RealESRGAN_x2plus", "RealESRGANv2-animevideo-xsx2")
 STAND_IN_ORDER = _PHOTO_LIKE + _ANIME_LIKE + _X2
 
 
-def stand_in(name: str, model_dir: Path) -> str | None:
-    """The installed network closest to `name` (anime nets first for an anime model), or None: a Lanczos resize."""
+def _closest_first(name: str) -> list[str]:
+    """The other networks, the closest to `name` first (anime nets first for an anime model)."""
     order = (_ANIME_LIKE + _PHOTO_LIKE if name in _ANIME_LIKE else _PHOTO_LIKE + _ANIME_LIKE) + _X2
-    return next((other for other in order if other != name and is_installed(other, model_dir)), None)
+    return [other for other in order if other != name]
+
+
+def stand_in(name: str, model_dir: Path) -> str | None:
+    """The installed network closest to `name`, or None: a Lanczos resize."""
+    return next((other for other in _closest_first(name) if is_installed(other, model_dir)), None)
+
+
+def stand_ins_arriving(name: str, model_dir: Path) -> list[str]:
+    """The networks that could stand in for `name` and are being downloaded now, the closest first."""
+    return [other for other in _closest_first(name) if downloading(other, model_dir)]
 
 
 def part_path(name: str, model_dir: Path) -> Path:
@@ -107,6 +122,18 @@ def downloading(name: str, model_dir: Path, fresh_s: float = DOWNLOAD_FRESH_S) -
         return time.time() - part_path(name, model_dir).stat().st_mtime < fresh_s
     except FileNotFoundError:
         return False
+
+
+def downloads_under_way(model_dir: Path) -> dict[str, tuple[int, int]]:
+    """Every model being downloaded into `model_dir` now: name -> (bytes so far, bytes in all)."""
+    found = {}
+    for name, spec in catalog.MODELS.items():
+        if downloading(name, model_dir):
+            try:
+                found[name] = (part_path(name, model_dir).stat().st_size, spec.size_bytes)
+            except FileNotFoundError:
+                continue
+    return found
 
 
 def _sha256(path: Path) -> hashlib._Hash:

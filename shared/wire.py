@@ -61,6 +61,13 @@ def message_id(task_id: str, stage: Stage, run: int) -> str:
     return f"{task_id}.{stage.value}.run{run}"
 
 
+def message_run(headers: dict[str, str] | None) -> int:
+    """The run a work message's id names (`message_id` read back); 1 for a message without one. The run a
+    message packed before TaskMessage carried its own belongs to (one queued, or from a service not yet updated)."""
+    _, separator, run = (headers or {}).get("Nats-Msg-Id", "").rpartition(".run")
+    return int(run) if separator and run.isascii() and run.isdigit() else 1
+
+
 def terminal_event_id(task_id: str, run: int, state: str) -> str:
     """The Nats-Msg-Id of a task run's terminal event (also the webhook's event id)."""
     return f"{task_id}.{run}.{state}"

@@ -198,6 +198,20 @@ async def wait_terminal(nats_url: str, task_ids: list[str], timeout_s: float = 6
     return found
 
 
+async def run_ended(nats_url: str, task_id: str, run: int, timeout_s: float = 60) -> dict:
+    """The terminal status of one run of a task, from the task events stream (replayed from its start)."""
+    nc = await nats.connect(nats_url)
+    try:
+        sub = await nc.jetstream().subscribe(EVENTS_SUBJECTS, ordered_consumer=True)
+        async with asyncio.timeout(timeout_s):
+            while True:
+                status = json.loads((await sub.next_msg(timeout=timeout_s)).data)
+                if (status["task_id"], status["run"]) == (task_id, run):
+                    return status
+    finally:
+        await nc.close()
+
+
 async def queued_messages(nats_url: str) -> int:
     """Messages stored in all the work queues (every priority stream)."""
     nc = await nats.connect(nats_url)

@@ -57,12 +57,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         worker_id = make_worker_id("api")
         sweeper = Sweeper(topology, config, holder=worker_id, index=context.index)
         sweeping = asyncio.create_task(sweeper.run())
+        sampling = asyncio.create_task(context.history.sample_forever(topology))
         try:
             async with presence(topology.workers, "api", worker_id, config.heartbeat_s, lambda: {"in_flight": []}):
                 yield
         finally:
             sweeping.cancel()
-            await asyncio.gather(sweeping, return_exceptions=True)
+            sampling.cancel()
+            await asyncio.gather(sweeping, sampling, return_exceptions=True)
             await metrics.stop()
             await context.index.stop()
             await nc.drain()

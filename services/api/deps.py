@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
+from services.api.dashboard.history import History
 from services.api.metrics import ApiMetrics
 from services.api.tasks.index import TaskIndex
 from shared.config import Settings
@@ -25,6 +26,10 @@ class ApiContext:
     metrics: ApiMetrics
     queue: QueueDepth
     index: TaskIndex = field(default_factory=TaskIndex)  # every stored task, for listing
+    history: History = field(default_factory=History)  # the last hour, for the dashboard's charts
+
+    def __post_init__(self) -> None:
+        self.index.listeners.append(self.history.task_changed)
 
 
 async def get_context(request: Request) -> ApiContext:

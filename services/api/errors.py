@@ -20,7 +20,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 
-def _describe(errors: list) -> str:
+def describe(errors: list) -> str:
+    """Pydantic's errors as one line, each `location: message` (`query.limit: Input should be ...`)."""
     parts = []
     for error in errors:
         location = ".".join(str(p) for p in error["loc"] if p != "body") or "body"
@@ -31,7 +32,7 @@ def _describe(errors: list) -> str:
 async def _bad_request(request: Request, exc: Exception) -> JSONResponse:
     """The reference answers invalid parameters with 400 and a readable `detail` naming the field."""
     assert isinstance(exc, RequestValidationError)
-    return JSONResponse({"detail": _describe(list(exc.errors()))}, status_code=400)
+    return JSONResponse({"detail": describe(list(exc.errors()))}, status_code=400)
 
 
 async def _unavailable(request: Request, exc: Exception) -> JSONResponse:

@@ -31,7 +31,7 @@ from shared.messages import PRIORITIES, Stage, TaskMessage
 from shared.nats import Topology
 from shared.runtime.deadletters import dead_letter
 from shared.runtime.lease import Lease
-from shared.taskstate.lifecycle import end_task
+from shared.taskstate.lifecycle import Queued, end_task
 from shared.taskstate.status import TaskFinishedError, TaskState, TaskStatus, parse_time
 from shared.taskstate.store import TaskGoneError, TaskStore
 from shared.topology import max_deliveries
@@ -159,7 +159,7 @@ class Sweeper:
                 TaskState.TIMEOUT,
                 f"waited more than {self.settings.queue_timeout_s:g} s in the {stage.value} queue",
                 still_wanted=lambda s: self._overdue(s, stage, arrived),
-                waiting_in=(stage, arrived),
+                waiting_in=Queued(stage, arrived, raw.seq or 0),  # its seq bounds the purge
             )
         except (TaskFinishedError, TaskGoneError):
             return

@@ -1,4 +1,4 @@
-"""`task-manager up`'s model weights: fetch the routed models' missing files in the background, say what is off.
+"""`task-manager up`'s model weights: fetch the default models' missing files in the background, say what is off.
 
 `up` serves at once. The downloads run in daemon threads, one per model, so each pending model has its
 `.part` file from the start and the upscaler waits for it (`TM_MODEL_WAIT_S`, services/upscaler/engine.py).

@@ -1,5 +1,5 @@
 """`task-manager up`: NATS (unless NATS_URL is given), S3 (unless one is configured: `s3local`), the API,
-the four stages and the webhook notifier as processes, and the routed models' weights when they are missing.
+the four stages and the webhook notifier as processes, and the default models' weights when they are missing.
 
 Each service is its own process, restarted with backoff when it dies; SIGINT/SIGTERM stop the
 services first (they drain their work), then the embedded S3 server, and the embedded NATS server last.

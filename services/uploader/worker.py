@@ -14,6 +14,7 @@ from shared.messages import TaskMessage
 from shared.nats import Topology
 from shared.runtime.job import Job
 from shared.runtime.service import StageHandler
+from shared.taskstate.status import TaskStatus
 
 
 def task_result(task: TaskMessage) -> dict:
@@ -59,7 +60,7 @@ async def make_handler(topology: Topology, settings: Settings) -> StageHandler:
                 file_root=settings.file_root,
             )
         # The runner's store: it remembers the stage's start write, so no read comes before this one.
-        await job.store.update(task.task_id, lambda s: s.succeed(task_result(task)))
+        await job.store.update(task.task_id, lambda s: record_success(s, task))
         if task.stored_objects:  # images that travelled in the messages left nothing to remove
             await discard_task_blobs(topology.blobs, task.task_id)
 
@@ -68,3 +69,8 @@ async def make_handler(topology: Topology, settings: Settings) -> StageHandler:
         await s3.close()
 
     return StageHandler(handle, aclose=aclose)
+
+
+def record_success(status: TaskStatus, task: TaskMessage) -> None:
+    status.require_run(task.run)  # ended and started again while this run uploaded: the new run decides
+    status.succeed(task_result(task))

@@ -1,9 +1,9 @@
 """The facade the upscaler worker calls: pick a model, run it over a picture, or fall back to Lanczos.
 
 Routing: `options.model` when given (its weights must be installed), else `catalog.ROUTES[category]`. Weights being
-downloaded (`modelfiles.downloading`: `task-manager up` fetches the routed models in the background) are waited for,
-up to `model_wait_s`. A routed model whose weights are still missing then runs on the closest installed network
-(`modelfiles.stand_in`), else degrades to a Lanczos resize; `model_used` says which and why.
+downloaded (`task-manager up` fetches the default models in the background) are waited for, up to `model_wait_s`;
+a routed model whose weights are still missing runs on the closest installed network, else degrades to a Lanczos
+resize (`choice.py`); `model_used` says which and why.
 Pictures (`services.upscaler.picture`) keep 16-bit data and alpha; `upscale` also takes a Pillow image.
 The network runs through `batcher.TileBatcher` (tiles, batches shared by the images of concurrent callers,
 fp16 with fp32 fallback, OOM splitting), which owns the device from one thread;
@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import functools
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import structlog
 import torch
 from PIL import Image
 from torch import nn
@@ -31,10 +29,10 @@ from torch import nn
 from services.upscaler import memory
 from services.upscaler.alpha import RESIZE
 from services.upscaler.batcher import TileBatcher
+from services.upscaler.choice import choose
 from services.upscaler.inference import Network, Stats, TileRunner, TileSettings
 from services.upscaler.modelcache import ModelCache
 from services.upscaler.picture import Picture, from_pil
-from services.upscaler.plan import Cancelled
 from shared import modelfiles
 from shared.contracts import catalog
 from shared.contracts.options import DEFAULT_ALPHA_MODE, check_output_size, tile_overlap, validate_options
@@ -42,8 +40,6 @@ from shared.messages import Category, UpscaleOptions
 from shared.runtime.errors import ConfigurationError, InputError
 
 FALLBACK_SCALE = 4.0
-DOWNLOAD_POLL_S = 1.0  # how often a task waiting for its model's download looks for the file
-log = structlog.get_logger()
 
 
 @dataclass(frozen=True)
@@ -148,6 +144,10 @@ class Upscaler:
             "tile": "auto" if self.default_tile is None else self.default_tile,
             "models_loaded": ", ".join(self.models.loaded_names()) or "none",
             "models_installed": ", ".join(n for n in catalog.MODELS if modelfiles.is_installed(n, self.model_dir)),
+            "downloading": ", ".join(
+                f"{name} {done * 100 // total}% ({done / 1e6:.0f} of {total / 1e6:.0f} MB)"
+                for name, (done, total) in modelfiles.downloads_under_way(self.model_dir).items()
+            ),
             "tiles": self.stats.tiles,
             "fp16_fallbacks": self.stats.fp16_fallbacks,
             "oom_splits": self.stats.oom_splits,
@@ -204,17 +204,13 @@ class Upscaler:
         # The final size: the model's own scale unless outscale says otherwise; a stand-in or Lanczos gives it too.
         outscale = float(catalog.get(name).scale) if options.outscale is None else options.outscale
         self._check_output_size(picture.size, None, outscale)
-        missing = self._await_weights(needed, cancel)
-        if missing and options.model is not None:
-            modelfiles.require(missing[0], self.model_dir)  # raises ConfigurationError with the install command
+        chosen = choose(name, needed, options.model is not None, self.model_dir, self.model_wait_s, cancel)
         why = None
-        if missing:  # routed, so no denoise: only the model itself can be missing
-            absent = "still downloading" if modelfiles.downloading(name, self.model_dir) else "not installed"
-            stand_in = modelfiles.stand_in(name, self.model_dir)
-            if stand_in is None:
-                return self._lanczos(picture, outscale, f"lanczos (fallback: {name} weights {absent})", progress)
+        if chosen.network is None:
+            return self._lanczos(picture, outscale, f"lanczos (fallback: {name} weights {chosen.absent})", progress)
+        if chosen.network != name:
             options = options.model_copy(update={"outscale": outscale})  # a x2 stand-in is resized to the x4
-            why, name = f"{name} {absent}", stand_in
+            why, name = f"{name} {chosen.absent}", chosen.network
         self._check_output_size(picture.size, catalog.get(name).scale, options.outscale)
 
         with self._preparing:
@@ -227,31 +223,6 @@ class Upscaler:
         if why is not None:
             label = f"{name} ({why})"
         return UpscaleResult(out, label, fallback=why is not None, device=self.device)
-
-    def _await_weights(self, names: list[str], cancel: threading.Event | None) -> list[str]:
-        """Those of `names` whose weights are missing, after waiting up to `model_wait_s` for any being downloaded.
-
-        Runs in the handler's thread (the worker calls the engine through asyncio.to_thread), so it polls the
-        model dir without holding up the event loop or other tasks; `cancel` (set when the handler is cancelled:
-        shutting down, or a stall) ends the wait with plan.Cancelled.
-        """
-        deadline = time.monotonic() + self.model_wait_s
-        announced = False
-        while True:
-            missing = [n for n in names if not modelfiles.is_installed(n, self.model_dir)]
-            pending = [n for n in missing if modelfiles.downloading(n, self.model_dir)]
-            left_s = deadline - time.monotonic()
-            if not pending or left_s <= 0:
-                if announced:
-                    log.info("model_wait_over", models=pending or names, installed=not missing)
-                return missing
-            if not announced:
-                log.info("model_wait", models=pending, wait_s=round(left_s))
-                announced = True
-            if cancel is None:
-                time.sleep(min(DOWNLOAD_POLL_S, left_s))
-            elif cancel.wait(min(DOWNLOAD_POLL_S, left_s)):
-                raise Cancelled("cancelled while waiting for the model's download")
 
     def _lanczos(
         self, picture: Picture, outscale: float, label: str, progress: Callable[[float], None] | None

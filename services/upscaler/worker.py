@@ -21,7 +21,7 @@ from shared.messages import Category, TaskMessage
 from shared.nats import Topology
 from shared.runtime.job import Job
 from shared.runtime.service import StageHandler
-from shared.taskstate.status import TaskFinishedError
+from shared.taskstate.status import StaleRunError, TaskFinishedError
 from shared.taskstate.store import TaskGoneError
 
 log = structlog.get_logger()
@@ -58,7 +58,7 @@ class ProgressBridge:
     async def _report(self, fraction: float) -> None:
         try:
             await self._job.report_progress(fraction)
-        except (TaskFinishedError, TaskGoneError) as exc:
+        except (TaskFinishedError, TaskGoneError, StaleRunError) as exc:
             self._ended = exc
             self.cancel.set()
         except Exception as exc:  # progress is best effort; the work goes on

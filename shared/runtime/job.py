@@ -30,7 +30,8 @@ class Job:
         self.last_activity = time.monotonic()
 
     async def report_progress(self, fraction: float, min_interval_s: float = 0.25) -> None:
-        """Record progress inside this stage; raises TaskFinishedError if the task was ended meanwhile."""
+        """Record progress inside this stage; raises TaskFinishedError if the task was ended meanwhile, and
+        StaleRunError if it was started again since."""
         self.touch()
         if fraction >= 1.0:
             return  # the next stage's start follows at once and marks this stage's share done
@@ -38,7 +39,14 @@ class Job:
         if now - self._last_progress_s < min_interval_s:
             return
         self._last_progress_s = now
-        self.status = await self.store.update(self.task.task_id, lambda s: s.report_progress(self.stage, fraction))
+        self.status = await self.store.update(self.task.task_id, self._progress(fraction))
+
+    def _progress(self, fraction: float) -> Callable[[TaskStatus], None]:
+        def write(status: TaskStatus) -> None:
+            status.require_run(self.task.run)  # the task was ended and started again: this run's work is moot
+            status.report_progress(self.stage, fraction)
+
+        return write
 
 
 Handler = Callable[[Job], Coroutine[Any, Any, TaskMessage | None]]

@@ -12,6 +12,8 @@ task's objects, and graceful shutdown (the slots and the hand-back: shared/runti
     PermanentError       -> FAILURE at once
     FAILURE              -> copy to the dead-letter stream, remove the task's objects, msg.ack()
     task gone / terminal -> (deleted, revoked, timed out) ack and drop: nobody wants the work
+    earlier run          -> (a message left queued when the task was ended and started again) ack and
+                            drop, the current run's state untouched
     no progress for TM_STALL_TIMEOUT_S -> the handler is cancelled and the message retried
     SIGTERM              -> stop taking; finish in-flight work for TM_SHUTDOWN_GRACE_S, nak the rest
     redelivered while this process still works on the task (its in-progress acks did not reach a
@@ -39,9 +41,9 @@ from shared.runtime.errors import MAX_BACKOFF_S, PermanentError, RetryableError
 from shared.runtime.job import Handler, Job
 from shared.runtime.metrics import WorkerMetrics
 from shared.runtime.puller import PriorityPuller
-from shared.taskstate.status import StageAlreadyDoneError, TaskFinishedError, format_time
+from shared.taskstate.status import StageAlreadyDoneError, StaleRunError, TaskFinishedError, TaskStatus, format_time
 from shared.taskstate.store import TaskGoneError, TaskStore
-from shared.wire import enqueue
+from shared.wire import enqueue, message_run
 
 log = structlog.get_logger()
 REMEMBERED_FINISHED = 4096
@@ -105,7 +107,7 @@ class StageRunner:
 
     async def process(self, msg: Msg) -> None:
         try:
-            task = TaskMessage.unpack(msg.data)
+            task = TaskMessage.unpack(msg.data, run_if_absent=message_run(msg.headers))
         except Exception as exc:
             log.error("bad_message", stage=self.stage.value, subject=msg.subject, error=str(exc))
             await msg.term()
@@ -184,12 +186,15 @@ class StageRunner:
             status = await self.store.update(
                 task.task_id, lambda s: s.start_stage(self.stage, self.worker_id, task, queued_since)
             )
-        except (TaskGoneError, TaskFinishedError, StageAlreadyDoneError) as exc:
+        except (TaskGoneError, TaskFinishedError, StageAlreadyDoneError, StaleRunError) as exc:
             return await self._drop(msg, task, exc)
+        # The run this start was recorded in; job.status may move on to a later run if the task is ended and
+        # started again while the handler works, and this run's next message must not pass as that run's.
+        run = status.run
         job = Job(task=task, status=status, attempt=attempt, stage=self.stage, store=self.store)
         try:
             result = await self._run_watched(msg, job)
-        except (TaskGoneError, TaskFinishedError) as exc:
+        except (TaskGoneError, TaskFinishedError, StaleRunError) as exc:
             return await self._drop(msg, task, exc)
         except PermanentError as exc:
             return await self._fail(msg, task, str(exc), attempt)
@@ -210,11 +215,12 @@ class StageRunner:
             # the message below was stored. A crash before the ack redelivers this message, which runs the stage
             # again and publishes a duplicate the stream drops (same message id); once the next stage has
             # started, a redelivery is dropped without running.
+            handed: dict[str, object] = {"run": run}
             written = self.store.last_written(task.task_id)
             if written is not None:
-                result = result.model_copy(update={"state_hint": written[0].decode(), "state_revision": written[1]})
-            await enqueue(self.topology.js, result, following, job.status.run)
-        self._remember_finished(task.task_id, job.status.run)
+                handed |= {"state_hint": written[0].decode(), "state_revision": written[1]}
+            await enqueue(self.topology.js, result.model_copy(update=handed), following, run)
+        self._remember_finished(task.task_id, run)
         await msg.ack()
         self.counters.succeeded += 1
         return "success"
@@ -233,7 +239,8 @@ class StageRunner:
         return await keep_in_progress(msg, work, self._keepalive_s, check_progress)
 
     async def _drop(self, msg: Msg, task: TaskMessage, reason: Exception) -> str:
-        """Ack without working: the task was deleted or ended, or this stage already ran."""
+        """Ack without working: the task was deleted or ended, this stage already ran, or the message is of an
+        earlier run (whose objects, under the same names, may be the current run's: they stay)."""
         if isinstance(reason, TaskFinishedError):
             # Its writer may have died between the state write and the event: publish what is missing.
             await self.store.ensure_event(task.task_id, max_age_s=self.settings.events_max_age_s)
@@ -242,13 +249,20 @@ class StageRunner:
             await discard_task_blobs(self.topology.blobs, task.task_id)
         await msg.ack()
         self.counters.dropped += 1
-        log.info("task_dropped", reason=str(reason))
+        if isinstance(reason, StaleRunError):
+            log.info("task_dropped", reason="stale_run", message_run=reason.message_run, task_run=reason.task_run)
+        else:
+            log.info("task_dropped", reason=str(reason))
         return "dropped"
 
     async def _fail(self, msg: Msg, task: TaskMessage, error: str, attempt: int) -> str:
+        def fail(status: TaskStatus) -> None:
+            status.require_run(task.run)  # the task was ended and started again while the handler ran
+            status.fail(error, self.stage)
+
         try:
-            await self.store.update(task.task_id, lambda s: s.fail(error, self.stage))
-        except (TaskGoneError, TaskFinishedError) as exc:
+            await self.store.update(task.task_id, fail)
+        except (TaskGoneError, TaskFinishedError, StaleRunError) as exc:
             return await self._drop(msg, task, exc)
         metadata = msg.metadata
         await dead_letter(
@@ -277,9 +291,14 @@ class StageRunner:
         delay = (
             min(delay_s, cap_s) if delay_s is not None else backoff_s(attempt, self.settings.retry_base_delay_s, cap_s)
         )
+
+        def retry(status: TaskStatus) -> None:
+            status.require_run(task.run)
+            status.retry_stage(self.stage, error, delay)
+
         try:
-            await self.store.update(task.task_id, lambda s: s.retry_stage(self.stage, error, delay))
-        except (TaskGoneError, TaskFinishedError) as exc:
+            await self.store.update(task.task_id, retry)
+        except (TaskGoneError, TaskFinishedError, StaleRunError) as exc:
             return await self._drop(msg, task, exc)
         await msg.nak(delay=delay)
         self._puller.note_retry(task.priority, delay)

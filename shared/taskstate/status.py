@@ -82,6 +82,16 @@ class StageAlreadyDoneError(Exception):
     """A redelivered message for a stage that already succeeded: its effects already happened."""
 
 
+class StaleRunError(Exception):
+    """A message of an earlier run of the task (it was ended and started again since): nobody wants its work,
+    and the current run's state must not take anything from it."""
+
+    def __init__(self, message_run: int, task_run: int) -> None:
+        super().__init__(f"a message of run {message_run}; the task is at run {task_run}")
+        self.message_run = message_run
+        self.task_run = task_run
+
+
 class Subtask(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -156,6 +166,12 @@ class TaskStatus(BaseModel):
         if self.state.terminal:
             raise TaskFinishedError(self.state)
 
+    def require_run(self, run: int) -> None:
+        """Refuse a write on behalf of a message of an earlier run (StaleRunError). A later run than the entry's
+        cannot happen (the entry is written before its run's first message): it is taken as the current one."""
+        if run < self.run:
+            raise StaleRunError(run, self.run)
+
     def start_stage(
         self, stage: Stage, worker_id: str, message: TaskMessage | None = None, queued_since: str | None = None
     ) -> None:
@@ -164,8 +180,11 @@ class TaskStatus(BaseModel):
         The message exists only because every earlier stage finished, and a stage does not record its own
         finish (one write per stage, not two): the earlier stages are recorded done here, with what
         `message` carries, as of `queued_since` (when the message was stored: the previous stage's end).
+        A message of an earlier run carries nothing of this one: StaleRunError, before anything is changed.
         """
         self._require_open()
+        if message is not None:
+            self.require_run(message.run)
         entry = self.subtask(stage)
         if entry.state == TaskState.SUCCESS:
             raise StageAlreadyDoneError(f"{stage.value} already succeeded")

@@ -25,9 +25,9 @@ from tests.api.conftest import api_only
 
 KEY = "schema-test-key"
 EXAMPLES_PER_OPERATION = 40
-OPERATIONS = 13  # POST and GET /api/v1/tasks, GET/DELETE /api/v1/tasks/{id}, POST .../revoke, POST .../retry,
-# GET .../events, /health,
-# /dashboard, /dashboard/metrics, /dashboard/data, and with keys on POST /dashboard/signin and /dashboard/signout
+OPERATIONS = 14  # POST and GET /api/v1/tasks, GET/DELETE /api/v1/tasks/{id}, POST .../revoke, POST .../retry,
+# GET .../events, /health, /dashboard, /dashboard/metrics, /dashboard/data, /dashboard/history,
+# and with keys on POST /dashboard/signin and /dashboard/signout
 
 
 def test_the_api_keeps_its_openapi_contract(tmp_path: Path) -> None:

@@ -80,8 +80,8 @@ def test_a_failing_mirror_is_said_in_one_line(mirror: ReleaseMirror, tmp_path: P
     lines = [e["message"] for e in logs if e["event"] == "models_unavailable"]
     assert len(lines) == 1 and "\n" not in lines[0], lines
     assert "HTTP 404" in lines[0] and f"TM_MODEL_MIRROR={mirror.url}" in lines[0]
-    fix = "fix: task-manager models download RealESRGAN_x4plus RealESRGAN_x4plus_anime_6B realesr-general-x4v3 ("
-    assert fix in lines[0]  # the denoise helper comes with the general model
+    fix = "fix: task-manager models download RealESRGAN_x4plus RealESRGAN_x4plus_anime_6B realesr-general-x4v3 "
+    assert fix + f"{ANIME} (" in lines[0]  # the denoise helper comes with the general model
     assert list(tmp_path.iterdir()) == []  # no part files left behind
 
 
@@ -89,10 +89,12 @@ def test_the_line_says_what_runs_meanwhile_and_the_fix(tmp_path: Path) -> None:
     failures = dict.fromkeys(DEFAULTS, "RealESRGAN_x4plus: downloading https://github.com/... failed: no network")
     line = modelfetch.unavailable_line(failures, tmp_path, None)
     assert line == (
-        "model weights missing: RealESRGAN_x4plus, RealESRGAN_x4plus_anime_6B, realesr-general-x4v3 and "
-        "realesr-general-wdn-x4v3 (RealESRGAN_x4plus: downloading https://github.com/... failed: no network); "
+        "model weights missing: RealESRGAN_x4plus, RealESRGAN_x4plus_anime_6B, realesr-general-x4v3, "
+        "realesr-general-wdn-x4v3 and realesr-animevideov3 "
+        "(RealESRGAN_x4plus: downloading https://github.com/... failed: no network); "
         "meanwhile portrait, photo, anime and text tasks run a Lanczos resize; "
         "fix: task-manager models download RealESRGAN_x4plus RealESRGAN_x4plus_anime_6B realesr-general-x4v3 "
+        "realesr-animevideov3 "
         f"(where GitHub is out of reach, set TM_MODEL_MIRROR to a copy of {catalog.OFFICIAL_URL_PREFIX})"
     )
     (tmp_path / catalog.get(ANIME).filename).write_bytes(b"x")

@@ -63,3 +63,37 @@ async def test_a_waiting_task_shows_in_its_queue_with_its_age(api_alone: System)
     assert (task["task_id"], task["state"], task["stage"], task["priority"]) == (task_id, "PENDING", "fetch", 3)
     assert [w["service"] for w in data["workers"]] == ["api"]  # this API process, no stage running
     assert "Stage consumers with work" in page and "<td>TM_WORK_P3</td>" in page
+
+
+async def test_history_charts_a_finished_task_and_the_queues(system: System, task_body: dict) -> None:
+    async with httpx.AsyncClient(base_url=system.api_url, timeout=30) as api:
+        before = (await api.get("/dashboard/history")).json()
+        task_id = (await api.post("/api/v1/tasks", json=task_body)).json()["task_id"]
+        assert (await wait_terminal(system.nats_url, [task_id], timeout_s=90))[task_id]["state"] == "SUCCESS"
+        history = (await api.get("/dashboard/history")).json()
+        charts = (await api.get("/dashboard/charts")).text
+    assert history["bin_s"] == 10
+    series = {c["id"]: {s["name"]: s["points"] for s in c["series"]} for c in history["charts"]}
+    assert set(series["completions"]) == {"SUCCESS", "FAILURE", "TIMEOUT", "REVOKED"}
+    earlier = {s["name"]: sum(s["points"]) for s in before["charts"][0]["series"]}
+    # this one task, in the bin of its end (the system may have run tasks of other tests before)
+    assert round((sum(series["completions"]["SUCCESS"]) - earlier["SUCCESS"]) * 10) == 1
+    assert sum(series["completions"]["FAILURE"]) == earlier["FAILURE"]
+    assert [p for p in series["latency"]["p99"] if p is not None] != []
+    assert set(series["queues"]) == {"fetch", "classify", "upscale", "upload"}
+    assert series["queues"]["fetch"][-1] == 0  # sampled as the charts were read: nothing waits now
+    assert "data-series='SUCCESS'" in charts and charts.count("<svg") >= 3
+
+
+async def test_history_shows_the_queue_depth_as_it_is_read(api_alone: System) -> None:
+    body = {
+        "task_name": "image_super_resolution_pipeline",
+        "args": ["https://example.com/in.png", "s3://bucket/out.png"],
+    }
+    async with httpx.AsyncClient(base_url=api_alone.api_url, timeout=30) as api:
+        for _ in range(3):
+            assert (await api.post("/api/v1/tasks", json=body)).status_code == 202
+        history = (await api.get("/dashboard/history")).json()
+    [queues] = [c for c in history["charts"] if c["id"] == "queues"]
+    depth = {s["name"]: s["points"][-1] for s in queues["series"]}
+    assert depth == {"fetch": 3, "classify": 0, "upscale": 0, "upload": 0}

@@ -1,19 +1,26 @@
 """A task's page, /dashboard/tasks/{id}: its stages with their times, its facts, previews of http(s)
 images only, everything escaped; 404 for an unknown id; the dashboard's recent rows link to it; the
-task search, /dashboard/tasks, by state and id prefix."""
+task search, /dashboard/tasks: GET /api/v1/tasks's filters under the same names and rules, page by page."""
 
 from __future__ import annotations
 
 import asyncio
+import html
 import re
+import time
 import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import nats
 
 from services.api.dashboard.page import cell
-from services.api.dashboard.taskpage import render_task_page
-from shared.messages import Classification, Stage
-from shared.taskstate.status import Subtask, TaskState, TaskStatus
+from services.api.dashboard.taskpage import render_task_page, search_query
+from shared.messages import Category, Classification, Stage
+from shared.taskstate.status import Subtask, TaskState, TaskStatus, format_time
+from shared.wire import TASKS_BUCKET
 from tests.system import System
 
 HOSTILE = "<script>alert(1)</script>"
@@ -138,9 +145,144 @@ async def test_the_search_finds_tasks_by_state_and_id_prefix(api_alone: System) 
     link = "<a href='/dashboard/tasks/{}'>"
     assert link.format(first) in pending and link.format(second) not in pending
     assert link.format(second) in revoked and link.format(first) not in revoked
-    assert "<option value='REVOKED' selected>" in revoked and f"value='{second[:6]}'" in revoked
+    assert "value='REVOKED' checked>" in revoked and f"value='{second[:6]}'" in revoked
     assert link.format(first) in by_prefix  # upper case is read as lower
     assert link.format(first) in everything and link.format(second) in everything
     assert "No task matches." in none
     for refused in (bad_state, bad_prefix):
-        assert refused.status_code == 400 and "<b>" not in refused.text and "&lt;b&gt;" in refused.text
+        assert refused.status_code == 400 and "<b>" not in refused.text
+    assert "query.state.0: Input should be 'PENDING'" in html.unescape(bad_state.text)
+    assert "value='xyz&#x27;&gt;&lt;b&gt;'" in bad_prefix.text  # shown as typed, escaped
+
+
+STATES = [TaskState.SUCCESS, TaskState.FAILURE, TaskState.PENDING, TaskState.STARTED, TaskState.REVOKED]
+CATEGORIES = list(Category)
+ANIME_MODEL = "realesr-animevideov3"
+
+
+def corpus(now: datetime) -> list[TaskStatus]:
+    """24 tasks, newest first: task n submitted 2n + 1.5 minutes before `now` (no task on a minute's edge),
+    states, priorities, categories and models spread so that every filter keeps some and drops some."""
+    tasks = []
+    for n in range(24):
+        status = TaskStatus.new(str(uuid.UUID(int=n + 1)), priority=n % 3, input_url="https://example.com/in.png")
+        status.submitted_at = format_time(now - timedelta(minutes=2 * n + 1.5))
+        status.state = STATES[n % 5]
+        status.classification = Classification(category=CATEGORIES[n % 4], width=8, height=6, aspect_ratio=1.33)
+        status.result = {"model": ANIME_MODEL} if n % 2 else None
+        tasks.append(status)
+    return tasks
+
+
+async def stored(system: System, api: httpx.AsyncClient, now: datetime) -> list[TaskStatus]:
+    """The corpus written into the task bucket as the pipeline leaves tasks, once the API's index shows it all."""
+    tasks = corpus(now)
+    nc = await nats.connect(system.nats_url)
+    try:
+        kv = await nc.jetstream().key_value(TASKS_BUCKET)
+        for status in tasks:
+            await kv.put(status.task_id, status.to_json())
+    finally:
+        await nc.close()
+    deadline = time.monotonic() + 15
+    while len((await api.get("/api/v1/tasks", params={"limit": 200})).json()["tasks"]) < len(tasks):
+        assert time.monotonic() < deadline, "the API's task index never showed every stored task"
+        await asyncio.sleep(0.05)
+    return tasks
+
+
+def found(page: str) -> list[str]:
+    """The task ids in a results table, in its order."""
+    return re.findall(r"<tr><td><a href='/dashboard/tasks/([^']+)'>", page)
+
+
+def link(page: str, name: str) -> str | None:
+    """The href of the page's link with this id (next, first), unescaped, or None."""
+    match = re.search(rf"<a id='{name}'[^>]* href='([^']+)'>", page)
+    return html.unescape(match.group(1)) if match else None
+
+
+async def test_each_filter_narrows_the_search_as_the_api_does(api_alone: System) -> None:
+    now = datetime.now(UTC)
+    since, until = format_time(now - timedelta(minutes=20)), format_time(now - timedelta(minutes=10))
+    recent = format_time(now - timedelta(minutes=15))
+    cases: list[tuple[dict[str, Any], Any]] = [
+        ({"state": ["FAILURE", "REVOKED"]}, lambda t: t.state in (TaskState.FAILURE, TaskState.REVOKED)),
+        ({"priority": "2"}, lambda t: t.priority == 2),
+        ({"category": "anime"}, lambda t: t.classification.category == Category.ANIME),
+        ({"model": ANIME_MODEL}, lambda t: t.result is not None),
+        ({"submitted_since": since, "submitted_until": until}, lambda t: since <= t.submitted_at < until),
+        ({"within": "15m"}, lambda t: t.submitted_at > recent),  # the last 15 minutes, as of the request
+        ({"id_prefix": "00000000-0000-0000-0000-00000000001"}, lambda t: t.task_id[-2] == "1"),
+        ({"category": "text", "state": "PENDING", "priority": "", "model": ""},  # blank fields filter nothing
+         lambda t: t.classification.category == Category.TEXT and t.state == TaskState.PENDING),
+        ({}, lambda t: True),
+    ]  # fmt: skip
+    async with httpx.AsyncClient(base_url=api_alone.api_url, timeout=30) as api:
+        tasks = await stored(api_alone, api, now)
+        for params, expected in cases:
+            wanted = [t.task_id for t in tasks if expected(t)]
+            assert 0 < len(wanted) < len(tasks) or not params, f"{params} proves nothing"
+            page = await api.get("/dashboard/tasks", params=params)
+            assert page.status_code == 200, page.text
+            assert found(page.text) == wanted, params
+            if "within" not in params:  # the API names no preset
+                same = {name: value for name, value in params.items() if value}
+                listed = (await api.get("/api/v1/tasks", params=same)).json()["tasks"]
+                assert [t["task_id"] for t in listed] == wanted, params
+            assert link(page.text, "next") is None and link(page.text, "first") is None
+
+
+async def test_next_page_links_walk_every_match_once_keeping_the_filters(api_alone: System) -> None:
+    now = datetime.now(UTC)
+    params = {"state": ["SUCCESS", "PENDING", "FAILURE"], "within": "24h", "priority": "", "limit": "4"}
+    async with httpx.AsyncClient(base_url=api_alone.api_url, timeout=30) as api:
+        tasks = await stored(api_alone, api, now)
+        wanted = [t.task_id for t in tasks if t.state in (TaskState.SUCCESS, TaskState.PENDING, TaskState.FAILURE)]
+        first_cursor = (await api.get("/api/v1/tasks", params={"state": params["state"], "limit": 4})).json()
+        pages = [(await api.get("/dashboard/tasks", params=params)).text]
+        while (href := link(pages[-1], "next")) is not None:
+            query = parse_qs(urlsplit(href).query)
+            assert query["state"] == params["state"] and query["limit"] == ["4"], href
+            assert "within" not in query and "priority" not in query, href  # a fixed time, no blanks
+            if len(pages) == 1:
+                assert query["cursor"] == [first_cursor["next_cursor"]]  # the cursor the index hands out
+            assert len(pages) < 10, "paging never ends"
+            pages.append((await api.get(href)).text)
+        firsts = [link(page, "first") for page in pages]
+        assert firsts[0] is None and all(firsts[1:]) and len(set(firsts[1:])) == 1
+        back = (await api.get(str(firsts[-1]))).text
+    seen = [task_id for page in pages for task_id in found(page)]
+    assert seen == wanted and len(set(seen)) == len(seen) and len(pages) == 4  # 4, 4, 4, 3 of 15
+    assert found(back) == found(pages[0]) and "cursor" not in parse_qs(urlsplit(str(firsts[-1])).query)
+    assert "value='SUCCESS' checked>" in pages[-1] and "<option value='24h' selected>" in pages[0]
+
+
+async def test_bad_values_are_a_400_page_with_the_apis_words(api_alone: System) -> None:
+    cases = [
+        {"state": "DONE"}, {"state": ["PENDING", "<b>"]}, {"priority": "11"}, {"priority": "high"},
+        {"category": "landscape"}, {"model": "RealESRGAN_x9<b>"}, {"submitted_since": "2026-01-01T00:00:00"},
+        {"submitted_until": "yesterday"}, {"id_prefix": "xyz'><b>"}, {"limit": "0"}, {"limit": "201"},
+        {"cursor": "!!"},
+    ]  # fmt: skip
+    async with httpx.AsyncClient(base_url=api_alone.api_url, timeout=30) as api:
+        for params in cases:
+            api_answer = await api.get("/api/v1/tasks", params=params)
+            page = await api.get("/dashboard/tasks", params=params)
+            assert api_answer.status_code == 400 and page.status_code == 400, params
+            assert page.headers["content-type"].startswith("text/html")
+            detail = api_answer.json()["detail"]
+            assert detail.startswith(f"query.{next(iter(params))}")
+            assert f"<p class='error'>{html.escape(detail)}</p>" in page.text, params
+            assert "<b>" not in page.text and "<form id='search'" in page.text
+        preset = await api.get("/dashboard/tasks", params={"within": "2d"})
+    assert preset.status_code == 400 and "query.within: not one of 15m, 1h, 24h" in preset.text
+
+
+def test_the_form_reads_blanks_as_no_filter_and_a_preset_as_a_time() -> None:
+    now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    fields = [("priority", " "), ("id_prefix", " AB12 "), ("submitted_since", "2020-01-01T00:00:00Z"),
+              ("within", "1h"), ("state", "PENDING")]  # fmt: skip
+    assert search_query(fields, now) == [
+        ("id_prefix", "ab12"), ("state", "PENDING"), ("submitted_since", "2026-01-02T02:04:05.000Z")
+    ]  # fmt: skip

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 
 import httpx
 import nats
@@ -14,28 +13,14 @@ from PIL import Image
 
 from shared.messages import Stage
 from shared.runtime.deadletters import dead_letters_of
-from shared.wire import EVENTS_SUBJECTS, dead_subject
+from shared.wire import dead_subject
 from tests.e2e.images import photo
 from tests.e2e.test_dead_letters import dlq
 from tests.servers import S3Server, StaticHTTPServer
 from tests.sse import collect
-from tests.system import STAGE_SERVICES, System
+from tests.system import STAGE_SERVICES, System, run_ended
 
 TASK = "image_super_resolution_pipeline"
-
-
-async def run_ended(nats_url: str, task_id: str, run: int, timeout_s: float = 60) -> dict:
-    """The terminal status of one run of a task, from the task events stream (replayed from its start)."""
-    nc = await nats.connect(nats_url)
-    try:
-        sub = await nc.jetstream().subscribe(EVENTS_SUBJECTS, ordered_consumer=True)
-        async with asyncio.timeout(timeout_s):
-            while True:
-                status = json.loads((await sub.next_msg(timeout=timeout_s)).data)
-                if (status["task_id"], status["run"]) == (task_id, run):
-                    return status
-    finally:
-        await nc.close()
 
 
 async def submit(api: httpx.AsyncClient, source: str, output: str) -> str:

@@ -35,9 +35,9 @@ async def queue_task(topology: Topology, task_id: str, priority: int = 5) -> Tas
 
 async def run_until(
     topology: Topology, settings: Settings, handler: Callable[[Job], Awaitable[TaskMessage | None]],
-    done: Callable[[StageRunner], bool], timeout_s: float = 15,
+    done: Callable[[StageRunner], bool], timeout_s: float = 15, stage: Stage = Stage.FETCH,
 ) -> StageRunner:  # fmt: skip
-    runner = StageRunner(Stage.FETCH, handler, topology, settings, "worker-1")
+    runner = StageRunner(stage, handler, topology, settings, f"{stage.value}-worker")
     running = asyncio.create_task(runner.run())
     try:
         async with asyncio.timeout(timeout_s):

@@ -132,3 +132,34 @@ def test_the_official_animevideov3_stands_in_for_a_photo() -> None:
     assert result.image.size == (96, 64) and not np.array_equal(
         np.asarray(result.image), np.asarray(_image(24, 16).resize((96, 64), Image.Resampling.LANCZOS))
     )
+
+
+def test_the_dashboard_sees_a_download_under_way_with_its_progress(tmp_path: Path) -> None:
+    engine = Upscaler(tmp_path, device="cpu")
+    assert engine.describe()["downloading"] == ""
+    size = modelfiles.catalog.get(PHOTO_MODEL).size_bytes
+    modelfiles.part_path(PHOTO_MODEL, tmp_path).write_bytes(b"x" * (size // 4))  # fresh: a download under way
+    assert modelfiles.downloads_under_way(tmp_path) == {PHOTO_MODEL: (size // 4, size)}
+    assert (
+        engine.describe()["downloading"]
+        == f"{PHOTO_MODEL} {size // 4 * 100 // size}% ({size / 4e6:.0f} of {size / 1e6:.0f} MB)"
+    )
+    old = time.time() - modelfiles.DOWNLOAD_FRESH_S - 1
+    os.utime(modelfiles.part_path(PHOTO_MODEL, tmp_path), (old, old))  # interrupted: not under way
+    assert engine.describe()["downloading"] == ""
+
+
+def test_a_stand_in_being_downloaded_is_waited_for_rather_than_lanczos(tmp_path: Path) -> None:
+    official = shared_file(ANIMEVIDEO)
+    part = modelfiles.part_path(ANIME, tmp_path)
+    part.write_bytes(official.read_bytes()[:1000])  # fresh: its download is under way; the photo model's is not
+
+    def finish() -> None:
+        part.write_bytes(official.read_bytes())
+        os.replace(part, tmp_path / official.name)
+
+    threading.Timer(0.5, finish).start()
+    began = time.monotonic()
+    result = Upscaler(tmp_path, device="cpu", model_wait_s=30).upscale(_image(24, 16), Category.PHOTO, UpscaleOptions())
+    assert result.model_used == f"{ANIME} ({PHOTO_MODEL} not installed)"
+    assert time.monotonic() - began < 20

@@ -15,6 +15,7 @@ PAGE = """<!doctype html>
 </header>
 <main>
 <!--summary-->
+<section id="charts"><h2>Last hour</h2><div class="charts"><!--charts--></div></section>
 <!--workers-->
 <!--gpus-->
 <h2>Queues</h2>
@@ -90,6 +91,14 @@ figcaption{color:#616e7c;font-size:.85rem;margin-top:.3rem}
 form.action{display:inline-block;margin:0 0 .8rem}form.action button{font:inherit;padding:.25rem .9rem;cursor:pointer}
 #search{display:flex;gap:1rem;align-items:center;flex-wrap:wrap;margin:1.4rem 0 .5rem}
 #search input,#search select,#search button{font:inherit;padding:.2rem .4rem}
+.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(420px,1fr));gap:1rem}
+.chart svg{display:block;width:100%;height:auto}
+.chart svg text{font-size:10px;fill:#616e7c}.chart svg .grid{stroke:#e4e7eb}.chart svg .axis{stroke:#9aa5b1}
+.chart svg path{fill:none;stroke-width:2;stroke-linejoin:round;stroke-linecap:round}
+.legend{display:flex;gap:.9rem;flex-wrap:wrap;font-size:.8rem;color:#52606d}
+.legend i{display:inline-block;width:.7rem;height:.7rem;border-radius:2px;margin-right:.3rem;vertical-align:-1px}
+#search fieldset{border:0;padding:0;margin:0}#search fieldset label{margin-right:.6rem}
+#search legend{float:left;padding:0;margin-right:.6rem}
 """
 
 # Mirrors page.cell and render_section; keep the two in step.
@@ -168,5 +177,19 @@ SCRIPT = """
     setTimeout(refresh, spec.refresh_ms);
   }
   setTimeout(refresh, spec.refresh_ms);
+  const charts = document.querySelector("#charts > .charts");
+  let redraws = 0;
+  async function redraw() {
+    try {
+      const response = await fetch(spec.charts_url, {cache: "no-store"});
+      if (response.status === 401) { location.reload(); return; }
+      if (response.ok) {
+        charts.innerHTML = await response.text();
+        document.body.dataset.chartRedraws = String(++redraws);
+      }
+    } catch (err) { /* the data refresh above shows that the server is away */ }
+    setTimeout(redraw, spec.charts_refresh_ms);
+  }
+  setTimeout(redraw, spec.charts_refresh_ms);
 })();
 """

@@ -61,6 +61,7 @@ class GpuView(BaseModel):
     memory_total_mb: int | None = None
     memory_used_mb: int | None = None
     models_loaded: str | None = None
+    downloading: str | None = Field(None, description="model weights being downloaded, with their progress")
 
 
 class TaskView(BaseModel):

@@ -14,6 +14,7 @@ from html import escape
 from typing import Any
 
 from services.api.dashboard.assets import PAGE, SCRIPT, STYLE
+from services.api.dashboard.charts import CHART_REFRESH_MS
 from services.api.dashboard.taskpage import search_form, task_href
 from shared.queues import format_age
 
@@ -57,7 +58,7 @@ SECTIONS = (
         "gpus", "GPU configuration", "gpus",
         (("worker_id", "Upscaler", "text"), ("device", "Device", "text"), ("device_name", "Name", "text"),
          ("memory_used_mb", "Memory used / total", "memory"), ("precision", "Precision", "text"),
-         ("tile", "Tile", "text"), ("models_loaded", "Loaded models", "text"),
+         ("tile", "Tile", "text"), ("models_loaded", "Loaded models", "text"), ("downloading", "Downloading", "text"),
          ("fp16_fallbacks", "fp16 fallbacks", "text"), ("oom_splits", "OOM splits", "text"),
          ("shared_batches", "Shared batches", "text")),
         "No upscaler is running.",
@@ -158,8 +159,9 @@ QUEUE_SECTIONS = ("stages", "consumers", "streams")  # shown side by side under 
 SIGN_OUT = "<form method='post' action='/dashboard/signout'><button type='submit'>Sign out</button></form>"
 
 
-def render_page(data: dict[str, Any], data_url: str, signed_in: bool = False) -> str:
-    """The whole page for one /dashboard/data document (with a sign-out button for a browser session)."""
+def render_page(data: dict[str, Any], data_url: str, charts: str = "", signed_in: bool = False) -> str:
+    """The whole page for one /dashboard/data document and the charts' HTML (with a sign-out button for a
+    browser session); the charts are fetched again from beside `data_url`."""
     fills = {
         "signout": SIGN_OUT if signed_in else "",
         "search": search_form(),
@@ -169,8 +171,15 @@ def render_page(data: dict[str, Any], data_url: str, signed_in: bool = False) ->
         "time": escape(str(data.get("generated_at", ""))[11:19]),
         "refresh_s": str(REFRESH_MS / 1000),
         # "</" cannot end the script element early once escaped
+        "charts": charts,
         "spec": json.dumps(
-            {"url": data_url, "refresh_ms": REFRESH_MS, "sections": [asdict(s) for s in SECTIONS]}
+            {
+                "url": data_url,
+                "refresh_ms": REFRESH_MS,
+                "charts_url": data_url.rsplit("/", 1)[0] + "/charts",
+                "charts_refresh_ms": CHART_REFRESH_MS,
+                "sections": [asdict(s) for s in SECTIONS],
+            }
         ).replace("</", "<\\/"),
     }
     for section in SECTIONS:

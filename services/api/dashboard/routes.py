@@ -1,8 +1,11 @@
 """The operator's view: /dashboard (HTML), /dashboard/data (the same as JSON, which the page fetches
-to refresh itself), /dashboard/tasks/{id} (one task's page) and /dashboard/metrics (Prometheus text)."""
+to refresh itself), /dashboard/history (the last hour, charted by /dashboard/charts), /dashboard/tasks/{id}
+(one task's page) and /dashboard/metrics (Prometheus text)."""
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -10,16 +13,17 @@ from fastapi.responses import HTMLResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.api.dashboard.actions import csrf_token, done, refused
+from services.api.dashboard.charts import render_charts
+from services.api.dashboard.history import HistoryData
 from services.api.dashboard.overview import DashboardData, Endpoint, collect
 from services.api.dashboard.page import render_page
-from services.api.dashboard.taskpage import SEARCH_LIMIT, render_missing_task, render_search, render_task_page
-from services.api.deps import ContextDep
+from services.api.dashboard.taskpage import render_missing_task, render_search, render_task_page, search_query
+from services.api.deps import ApiContext, ContextDep
 from services.api.guards.auth import SESSION_COOKIE
 from services.api.guards.backpressure import queue_room
 from services.api.tasks.control import retry_task, revoke_task
-from services.api.tasks.index import Filters
+from services.api.tasks.listing import QueryError, find, read_query
 from services.api.tasks.routes import valid_id
-from shared.taskstate.status import TaskState
 
 router = APIRouter(prefix="/dashboard", tags=["monitoring"])
 
@@ -61,30 +65,47 @@ async def dashboard_data(request: Request, ctx: ContextDep) -> DashboardData:
 @router.get("", response_class=Response, responses=_text("text/html", "The dashboard page"))
 async def dashboard(request: Request, ctx: ContextDep) -> HTMLResponse:
     """View system metrics and status."""
-    data = await collect(ctx.topology, _endpoints(request))
+    data, history = await asyncio.gather(collect(ctx.topology, _endpoints(request)), _history(ctx))
     signed_in = SESSION_COOKIE in request.cookies
-    page = render_page(data.model_dump(mode="json"), str(request.url_for("dashboard_data").path), signed_in)
+    data_url = str(request.url_for("dashboard_data").path)
+    page = render_page(data.model_dump(mode="json"), data_url, render_charts(history), signed_in)
     return HTMLResponse(page)
+
+
+async def _history(ctx: ApiContext) -> HistoryData:
+    await ctx.history.sample(ctx.topology)  # the newest bin shows this moment
+    return ctx.history.view()
+
+
+@router.get("/history", response_model=HistoryData)
+async def dashboard_history(ctx: ContextDep) -> HistoryData:
+    """The last hour in 10-second bins: completions per second by state, latency percentiles, queue depth by
+    stage, GPU memory in use (what the dashboard charts)."""
+    return await _history(ctx)
+
+
+@router.get("/charts", response_class=HTMLResponse, include_in_schema=False)
+async def dashboard_charts(ctx: ContextDep) -> HTMLResponse:
+    """The dashboard's charts section, which the page fetches to redraw them."""
+    return HTMLResponse(render_charts(await _history(ctx)))
 
 
 # Pages for people, reached from the dashboard's search form and rows; left out of the OpenAPI document
 # (and so of the schema fuzzing in tests/api/test_schema.py), like /docs. The dashboard's guard still
 # covers them.
 @router.get("/tasks", response_class=HTMLResponse, include_in_schema=False)
-async def task_search(ctx: ContextDep, state: str = "", id_prefix: str = "") -> HTMLResponse:
-    """Find tasks by state and id prefix (the newest first), as GET /api/v1/tasks does."""
-    prefix, problem = id_prefix.strip().lower(), ""
-    if state and state not in TaskState.__members__:
-        problem = f"No state is called {state!r}."
-    elif prefix and (len(prefix) > 36 or prefix.strip("0123456789abcdef-")):
-        problem = "An id prefix is made of hex digits and dashes."
-    elif not ctx.index.ready.is_set():
-        problem = "The task list is still loading; try again in a moment."
-    if problem:
-        return HTMLResponse(render_search(state, id_prefix, None, False, problem), status_code=400)
-    filters = Filters(states=frozenset({TaskState(state)} if state else ()), id_prefix=prefix or None)
-    rows, more = ctx.index.page(filters, SEARCH_LIMIT)
-    return HTMLResponse(render_search(state, prefix, rows, more, ""))
+async def task_search(request: Request, ctx: ContextDep) -> HTMLResponse:
+    """Find tasks with GET /api/v1/tasks's filters, under its names and rules, a page at a time."""
+    fields = request.query_params.multi_items()
+    if not ctx.index.ready.is_set():
+        loading = "The task list is still loading; try again in a moment."
+        return HTMLResponse(render_search(fields, [], None, loading), status_code=503)
+    try:
+        query = search_query(fields, datetime.now(UTC))
+        found = find(ctx.index, read_query(query))
+    except QueryError as exc:
+        return HTMLResponse(render_search(fields, [], None, str(exc)), status_code=400)
+    return HTMLResponse(render_search(fields, query, found))
 
 
 @router.get("/tasks/{task_id}", response_class=HTMLResponse, include_in_schema=False)

@@ -1,6 +1,7 @@
 """One task's page, /dashboard/tasks/{id}: its stages as a timeline (queue wait, duration, attempts,
 worker, error), its settings and outcome, and previews of the input and output images; and the task
-search, /dashboard/tasks?state=&id_prefix= (the API's in-memory task index, as GET /api/v1/tasks).
+search, /dashboard/tasks, with GET /api/v1/tasks's filters, names and rules (services/api/tasks/listing.py)
+a page at a time.
 
 Rendered on the server only (a task's page is a snapshot: reload it to see it move); every stored
 value is escaped, and only http(s) URLs become links or previews (never s3://, file:// or javascript:).
@@ -8,16 +9,18 @@ value is escaped, and only http(s) URLs become links or previews (never s3://, f
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import datetime, timedelta
 from html import escape
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from services.api.dashboard.assets import STYLE, TASK_PAGE
-from services.api.tasks.index import TaskSummary
+from services.api.tasks.listing import MAX_LIMIT, QueryError, TaskList, TaskQuery
+from shared.contracts.catalog import MODELS
+from shared.messages import PRIORITIES, Category
 from shared.queues import format_age
-from shared.taskstate.status import Subtask, TaskState, TaskStatus, parse_time
-
-SEARCH_LIMIT = 50
+from shared.taskstate.status import Subtask, TaskState, TaskStatus, format_time, parse_time
 
 
 def _between(since: str | None, until: str | None) -> float | None:
@@ -147,40 +150,124 @@ def render_missing_task(task_id: str) -> str:
                  "or it was deleted. <a href='/dashboard'>Back to the dashboard</a>.</p>")  # fmt: skip
 
 
-def search_form(state: str = "", id_prefix: str = "") -> str:
-    """The search form (GET, so a search is a link too), shown on /dashboard and above the results."""
-    options = "".join(
-        f"<option value='{s.value}'{' selected' if s.value == state else ''}>{s.value}</option>" for s in TaskState
+WITHIN = {  # the presets of the form's `within`: value -> (label, how far back)
+    "15m": ("the last 15 min", timedelta(minutes=15)),
+    "1h": ("the last hour", timedelta(hours=1)),
+    "24h": ("the last 24 h", timedelta(hours=24)),
+}
+
+
+def search_query(fields: Iterable[tuple[str, str]], now: datetime) -> list[tuple[str, str]]:
+    """The search form's fields as GET /api/v1/tasks's query: a field left blank filters nothing, an id prefix
+    is read in lower case, and `within`, a preset relative to `now` (which the query cannot name), becomes
+    `submitted_since`. QueryError for a preset that is none."""
+    pairs = [(name, value.lower() if name == "id_prefix" else value) for name, v in fields if (value := v.strip())]
+    within = dict(pairs).get("within")
+    if within is None:
+        return pairs
+    if within not in WITHIN:
+        raise QueryError(f"query.within: not one of {', '.join(WITHIN)}")
+    since = format_time(now - WITHIN[within][1])
+    return [(name, value) for name, value in pairs if name not in ("within", "submitted_since")] + [
+        ("submitted_since", since)
+    ]
+
+
+def search_href(query: Iterable[tuple[str, str]], cursor: str | None = None) -> str:
+    """The search as a link: the query's filters and limit, and `cursor` (the page; none: the first)."""
+    kept = [(name, value) for name, value in query if name in TaskQuery.model_fields and name != "cursor"]
+    return "/dashboard/tasks?" + urlencode(kept + ([("cursor", cursor)] if cursor else []))
+
+
+def _select(name: str, options: list[tuple[str, str]], chosen: str, blank: str = "any") -> str:
+    if chosen and chosen not in dict(options):  # a value refused: shown as asked
+        options = [*options, (chosen, chosen)]
+    items = "".join(
+        f"<option value='{escape(value)}'{' selected' if value == chosen else ''}>{escape(label)}</option>"
+        for value, label in [("", blank), *options]
+    )
+    return f"<select name='{name}'>{items}</select>"
+
+
+PAGE = TaskQuery.model_fields["limit"].default
+TIME_INPUT = "placeholder='2026-12-07T10:00:00Z' size='24'"
+INPUTS = {  # the text fields' attributes
+    "model": "list='models' placeholder='any'",
+    "submitted_since": TIME_INPUT,
+    "submitted_until": TIME_INPUT,
+    "id_prefix": "maxlength='36' pattern='[0-9a-fA-F-]*' placeholder='0b5c3c1e' size='10'",
+    "limit": f"type='number' min='1' max='{MAX_LIMIT}'",
+}
+
+
+def search_form(fields: Iterable[tuple[str, str]] = ()) -> str:
+    """The search form (GET, so a search is a link too) filled in with `fields`, on /dashboard (empty) and
+    above the results: GET /api/v1/tasks's filters under their names, and `within`, a preset."""
+    states: set[str] = set()
+    last = {"limit": str(PAGE)}  # of every other field, the last value sent (as the query reads it)
+    for name, value in fields:
+        if name == "state":
+            states.add(value)
+        else:
+            last[name] = value
+    boxes = "".join(
+        f"<label><input type='checkbox' name='state' value='{s.value}'{' checked' if s.value in states else ''}>"
+        f"{s.value}</label>"
+        for s in TaskState
+    )
+    text = {
+        name: f"<input name='{name}' value='{escape(last.get(name, ''))}' {attrs}>" for name, attrs in INPUTS.items()
+    }
+    models = "".join(f"<option value='{escape(name)}'>" for name, spec in MODELS.items() if spec.selectable)
+    presets = [(value, label) for value, (label, _) in WITHIN.items()]
+    labelled = (
+        ("Priority", _select("priority", [(str(p), str(p)) for p in PRIORITIES], last.get("priority", ""))),
+        ("Category", _select("category", [(c.value, c.value) for c in Category], last.get("category", ""))),
+        ("Model", text["model"] + f"<datalist id='models'>{models}</datalist>"),
+        ("Submitted in", _select("within", presets, last.get("within", ""), "any time")),
+        ("or since", text["submitted_since"]),
+        ("until", text["submitted_until"]),
+        ("Id starts with", text["id_prefix"]),
+        ("Per page", text["limit"]),
     )
     return (
         "<form id='search' method='get' action='/dashboard/tasks'>"
-        f"<label>State <select name='state'><option value=''>any</option>{options}</select></label>"
-        f"<label>Id starts with <input name='id_prefix' value='{escape(id_prefix)}' maxlength='36' "
-        "pattern='[0-9a-fA-F-]*' placeholder='0b5c3c1e'></label><button type='submit'>Find tasks</button></form>"
+        f"<fieldset><legend>State</legend>{boxes}</fieldset>"
+        + "".join(f"<label>{label} {control}</label>" for label, control in labelled)
+        + "<button type='submit'>Find tasks</button></form>"
     )
 
 
 SEARCH_HEADINGS = ("Task", "State", "Priority", "Category", "Model", "Submitted", "Error")
 
 
-def render_search(state: str, id_prefix: str, rows: list[TaskSummary] | None, more: bool, problem: str) -> str:
-    """The search results page: the form again, then the matching tasks (`rows` None: no search ran)."""
-    if problem:
-        results = f"<p class='error'>{escape(problem)}</p>"
-    elif not rows:
-        results = "<p class='empty'>No task matches.</p>"
-    else:
-        head = "".join(f"<th>{h}</th>" for h in SEARCH_HEADINGS)
-        body = "".join(
-            f"<tr><td><a href='{escape(task_href(r.task_id))}'><code>{escape(r.task_id)}</code></a></td>"
-            f"<td>{_state(r.state.value)}</td><td>{r.priority}</td><td>{escape(r.category or '')}</td>"
-            f"<td>{escape(r.model or '')}</td><td>{_time(r.submitted_at)}</td>"
-            f"<td><span class='error'>{escape(r.error or '')}</span></td></tr>"
-            for r in rows
-        )
-        note = f"<p class='empty'>The newest {len(rows)} shown; narrow the search for older ones.</p>" if more else ""
-        results = f"<table id='results'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
-    return fill("task search", f"<h2>Find tasks</h2>{search_form(state, id_prefix)}<section>{results}</section>")
+def _results(query: list[tuple[str, str]], found: TaskList) -> str:
+    if not found.tasks:
+        return "<p class='empty'>No task matches.</p>"
+    head = "".join(f"<th>{h}</th>" for h in SEARCH_HEADINGS)
+    body = "".join(
+        f"<tr><td><a href='{escape(task_href(r.task_id))}'><code>{escape(r.task_id)}</code></a></td>"
+        f"<td>{_state(r.state.value)}</td><td>{r.priority}</td><td>{escape(r.category or '')}</td>"
+        f"<td>{escape(r.model or '')}</td><td>{_time(r.submitted_at)}</td>"
+        f"<td><span class='error'>{escape(r.error or '')}</span></td></tr>"
+        for r in found.tasks
+    )
+    links = []
+    if any(name == "cursor" for name, _ in query):
+        links.append(f"<a id='first' href='{escape(search_href(query))}'>First page</a>")
+    if found.next_cursor:
+        links.append(f"<a id='next' rel='next' href='{escape(search_href(query, found.next_cursor))}'>Next page</a>")
+    pages = f"<p id='pages'>{' | '.join(links)}</p>" if links else ""
+    return f"<table id='results'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{pages}"
+
+
+def render_search(
+    fields: list[tuple[str, str]], query: list[tuple[str, str]], found: TaskList | None, problem: str = ""
+) -> str:
+    """The search page: the form with `fields` as sent, then a page of what `query` found, newest first, with
+    links to the next (older) page and back to the first; or `problem`, why the search did not run."""
+    results = f"<p class='error'>{escape(problem)}</p>" if problem or found is None else _results(query, found)
+    return fill("task search", f"<h2>Find tasks</h2>{search_form(fields)}<section>{results}</section>")
 
 
 def task_href(task_id: str) -> str:

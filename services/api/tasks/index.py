@@ -129,6 +129,7 @@ class TaskIndex:
         # (field, value) -> the keys of the rows that have it, oldest first: a filter reads only its rows.
         self._by: dict[tuple[str, object], list[tuple[str, str]]] = {}
         self.ready = asyncio.Event()  # set once every task stored at start is in
+        self.listeners: list[Callable[[TaskSummary | None, TaskSummary], None]] = []  # told (old, new) of each put
         self._following: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
@@ -172,6 +173,8 @@ class TaskIndex:
         for facet in row.facets:
             bisect.insort(self._by.setdefault(facet, []), row.key)
         self._rows[row.task_id] = row
+        for listener in self.listeners:
+            listener(old, row)
 
     def remove(self, task_id: str) -> None:
         old = self._rows.pop(task_id, None)
