@@ -24,7 +24,7 @@ COPY shared ./shared
 COPY services ./services
 # A regular (not editable) install: the image needs no source tree, only /opt/venv.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install . && python -c "import torch, services.api.app, services.upscaler.worker"
+    pip install ".[otel]" && python -c "import torch, services.api.app, services.upscaler.worker"
 
 FROM python:${PYTHON_VERSION}-slim
 ENV PATH=/opt/venv/bin:$PATH \

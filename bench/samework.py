@@ -3,6 +3,7 @@
     python bench/samework.py                         # task-manager, then Celery: a burst of 500, then 5/s x 150
     python bench/samework.py --first celery --json /tmp/samework.json
     python bench/samework.py --only celery --tasks 100 --paced-tasks 30
+    python bench/samework.py --tracing                # task-manager with tracing off, then on (OTLP to a sink)
 
 Both stacks fetch the same four photos over HTTP, classify them, upscale them 4x with Lanczos (no weights
 installed) and write a PNG to a local S3 (bench/workload.py); the stacks are bench/tm_stack.py and
@@ -24,9 +25,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +44,8 @@ from bench.results import percentile  # noqa: E402
 from bench.tm_stack import TaskManagerStack  # noqa: E402
 from bench.workload import Infra, Outcome, start_infra  # noqa: E402
 
-STACKS = ("task-manager", "celery")
+TRACED = "task-manager+otel"  # task-manager exporting every span over OTLP/HTTP to a sink in this process
+STACKS = ("task-manager", "celery", TRACED)
 SETTLE_S = 1.0  # CPU is read this long after the last completion: the last tasks' clean-up is counted
 PAUSE_S = 3.0  # between a stack's runs, so one run's tail is not the next one's cost
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -188,7 +192,10 @@ def run_stack(name: str, infra: Infra, workdir: Path, args: argparse.Namespace, 
     model_dir = workdir / "models"  # empty: both sides take the upscaler's Lanczos fallback
     model_dir.mkdir(parents=True, exist_ok=True)
     env = {**infra.s3.env(), "TM_MODEL_DIR": str(model_dir), "TM_DEVICE": "cpu"}
-    stack: Stack = TaskManagerStack(workdir / name, env) if name == "task-manager" else CeleryStack(workdir / name, env)
+    sink = SpanSink() if name == TRACED else None
+    if sink is not None:
+        env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.url, "OTEL_BSP_SCHEDULE_DELAY": "1000"}
+    stack: Stack = CeleryStack(workdir / name, env) if name == "celery" else TaskManagerStack(workdir / name, env)
     started = time.perf_counter()
     try:
         stack.start()
@@ -211,6 +218,38 @@ def run_stack(name: str, infra: Infra, workdir: Path, args: argparse.Namespace, 
         return results
     finally:
         stack.stop()
+        if sink is not None:
+            print(f"{name}: the sink took {sink.requests} exports, {sink.bytes / 1e6:.1f} MB", file=sys.stderr)
+            sink.close()
+
+
+class SpanSink:
+    """An OTLP/HTTP endpoint that takes every export and keeps only counts (a collector's cost is not the stack's)."""
+
+    def __init__(self) -> None:
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                length = int(self.headers.get("Content-Length", 0))
+                sink.bytes += len(self.rfile.read(length))
+                sink.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.requests = self.bytes = 0
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
 
 
 # -- tables ----------------------------------------------------------------------------------------------
@@ -284,14 +323,14 @@ def messages_table(results: list[RunResult]) -> str:
     return "\n".join(rows)
 
 
-def ratio_table(results: list[RunResult]) -> str:
+def ratio_table(results: list[RunResult], other: str = "celery", label: str = "task-manager / Celery") -> str:
     by = {(r.stack, r.shape): r for r in results}
-    shapes = [s for s in ("burst", "paced") if ("task-manager", s) in by and ("celery", s) in by]
+    shapes = [s for s in ("burst", "paced") if ("task-manager", s) in by and (other, s) in by]
     if not shapes:
         return ""
 
     def ratio(shape: str, pick) -> str:  # type: ignore[no-untyped-def]
-        ours, theirs = pick(by["task-manager", shape]), pick(by["celery", shape])
+        ours, theirs = pick(by["task-manager", shape]), pick(by[other, shape])
         return "-" if not ours or not theirs else f"{ours / theirs:.2f}x"
 
     measures = [
@@ -300,7 +339,7 @@ def ratio_table(results: list[RunResult]) -> str:
         ("latency p50", lambda r: r.latency_ms.get("p50")),
         ("latency p99", lambda r: r.latency_ms.get("p99")),
     ]
-    rows = ["| task-manager / Celery | " + " | ".join(shapes) + " |", "| --- |" + " --- |" * len(shapes)]
+    rows = [f"| {label} | " + " | ".join(shapes) + " |", "| --- |" + " --- |" * len(shapes)]
     rows += [f"| {label} | " + " | ".join(ratio(s, pick) for s in shapes) + " |" for label, pick in measures]
     return "\n".join(rows)
 
@@ -324,6 +363,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--paced-tasks", type=int, default=150, help="tasks of the paced run (default 150)")
     parser.add_argument("--warmup", type=int, default=8, help="tasks run first on each stack, not counted (default 8)")
     parser.add_argument("--only", choices=STACKS, default=None, help="run one stack only")
+    parser.add_argument(
+        "--tracing", action="store_true", help=f"task-manager with tracing off, then on ({TRACED}), no Celery"
+    )
     parser.add_argument("--first", choices=STACKS, default="task-manager", help="the stack that runs first")
     parser.add_argument("--timeout", type=float, default=300, help="bound of each run, s (default 300)")
     parser.add_argument("--quiet-wait", type=float, default=0, metavar="S", help="wait up to S s for an idle machine")
@@ -352,7 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     _stop_on_sigterm()
     began = time.monotonic()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    order = [args.only] if args.only else [args.first] + [s for s in STACKS if s != args.first]
+    order = [args.only] if args.only else [args.first] + [s for s in ("task-manager", "celery") if s != args.first]
+    if args.tracing:
+        order = ["task-manager", TRACED]
     workdir = Path(tempfile.mkdtemp(prefix="tm-samework-"))
     results: list[RunResult] = []
     broken: list[str] = []  # stacks that could not run (start-up or warm-up failed): reported, then the next one
@@ -374,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     took = time.monotonic() - began
-    print(f"\n## Same work: task-manager vs Celery (commit {commit()}, {stamp}, {took:.0f} s)\n")
+    print(f"\n## Same work: {' vs '.join(order)} (commit {commit()}, {stamp}, {took:.0f} s)\n")
     print(summary_table(results))
     if broken:
         print(f"\nnot measured (see the errors above): {', '.join(broken)}")
@@ -383,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     if table := messages_table(results):
         print("\n" + table)
     if ratios := ratio_table(results):
+        print("\n" + ratios)
+    if ratios := ratio_table(results, TRACED, f"tracing off / on ({TRACED})"):
         print("\n" + ratios)
     if args.json:
         meta = {"commit": commit(), "stamp": stamp, "seconds": took, "args": vars(args)}

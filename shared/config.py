@@ -7,12 +7,16 @@ standard AWS_* variables by itself.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.runtime.errors import MAX_BACKOFF_S
+
+# An origin as a browser's `Origin` header spells it: scheme, host (a name, IPv4 or [IPv6]), optional port.
+ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://(?:[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
 
 
 def default_model_dir() -> Path:
@@ -78,6 +82,9 @@ class Settings(BaseSettings):
     auth_failure_burst: int = Field(default=20, ge=1)
     max_queue_depth: int = Field(default=10_000, ge=1)  # waiting messages across all work queues
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # Browser pages on these origins may call /api/v1 (CORS), comma-separated exact origins
+    # ("https://app.example.com,http://localhost:5173") or "*" alone; empty: no CORS headers at all.
+    cors_origins: str = ""
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=0, le=65535)
@@ -113,6 +120,26 @@ class Settings(BaseSettings):
         if self.api_keys_file is not None:
             keys += [line.strip() for line in self.api_keys_file.read_text().splitlines() if line.strip()]
         return keys
+
+    def origins(self) -> list[str]:
+        """The origins of TM_CORS_ORIGINS (checked by its validator)."""
+        return [item.strip() for item in self.cors_origins.split(",") if item.strip()]
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _exact_origins(cls, value: str) -> str:
+        # Browsers send `Origin: scheme://host[:port]` and the match is exact, so a path, a trailing
+        # slash or a missing scheme would never match: refused here rather than silently ignored.
+        items = [item.strip() for item in value.split(",") if item.strip()]
+        if "*" in items and len(items) > 1:
+            raise ValueError("TM_CORS_ORIGINS: '*' (any origin) stands alone, not in a list")
+        for item in items:
+            if item != "*" and not ORIGIN.fullmatch(item):
+                raise ValueError(
+                    f"TM_CORS_ORIGINS: {item!r} is not an origin as browsers send it"
+                    " (lowercase scheme://host[:port], no path or trailing slash)"
+                )
+        return value
 
     @field_validator("file_root", mode="before")
     @classmethod

@@ -1,7 +1,8 @@
 """structlog set-up shared by every service: JSON lines when stdout is not a terminal.
 
 Bind `task_id` with `structlog.contextvars.bound_contextvars(task_id=...)` around a message's
-handling; every line logged inside (by any module) then carries it.
+handling; every line logged inside (by any module) then carries it. While tracing is on, shared/tracing.py
+binds `trace_id` the same way around a message's span (and an API request's), so a task's lines carry both.
 """
 
 from __future__ import annotations

@@ -73,6 +73,11 @@ class UpscaleOptions(BaseModel):
 
     model: str | None = None  # official model name; None: routed from the category
     outscale: float | None = None  # final scale; None: the model's native scale
+    # An output size instead of a scale (pixels; one alone keeps the aspect ratio), and how both fill
+    # their box: contain | cover | stretch (None: contain). See services/upscaler/fit.py.
+    target_width: WholeNumber | None = None
+    target_height: WholeNumber | None = None
+    fit: str | None = None
     tile: WholeNumber | None = None  # tile size in input pixels; 0: no tiling; None: automatic
     tile_pad: WholeNumber | None = None  # context read around each tile; None: from the model (options.tile_overlap)
     pre_pad: WholeNumber = 0

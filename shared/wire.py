@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from shared import tracing
 from shared.messages import Stage
 
 if TYPE_CHECKING:
@@ -84,12 +85,12 @@ def dead_letter_id(origin_stream: str, origin_seq: int) -> str:
 
 
 async def enqueue(js: JetStreamContext, message: TaskMessage, stage: Stage, run: int) -> None:
-    """Queue `message` for `stage`: the one way a task's work message is published."""
-    await js.publish(
-        work_subject(message.priority, stage, message.task_id),
-        message.pack(),
-        headers={"Nats-Msg-Id": message_id(message.task_id, stage, run)},
-    )
+    """Queue `message` for `stage`: the one way a task's work message is published (with the current trace's
+    `traceparent` header when tracing is on: shared/tracing.py)."""
+    headers = {"Nats-Msg-Id": message_id(message.task_id, stage, run)}
+    if tracing.ENABLED:
+        tracing.inject(headers)
+    await js.publish(work_subject(message.priority, stage, message.task_id), message.pack(), headers=headers)
 
 
 # Each work stream republishes the headers of every message it has stored under tm.queued.>, so
@@ -142,6 +143,11 @@ IDEMPOTENCY_BUCKET = "TM_IDEMPOTENCY"  # KV with TTL: hashed Idempotency-Key -> 
 WORKERS_BUCKET = "TM_WORKERS"  # KV with TTL: <service>.<worker_id> -> WorkerInfo JSON (heartbeats)
 SESSIONS_BUCKET = "TM_SESSIONS"  # KV with TTL: dashboard session ids signed out (kept one session lifetime)
 BLOBS_BUCKET = "TM_BLOBS"  # object store: <task_id>/input, <task_id>/output
+
+
+def service_status_subject(name: str, instance_id: str) -> str:
+    """An instance's `status` endpoint on the NATS service API (shared/runtime/micro.py): its heartbeat record."""
+    return f"tm.status.{name}.{instance_id}"
 
 
 def input_object(task_id: str) -> str:

@@ -9,6 +9,7 @@ never read. Headers a receiver can rely on:
     Tm-Timestamp                    Unix seconds when this attempt was sent
     Tm-Signature                    sha256=<hex HMAC-SHA256(TM_WEBHOOK_SECRET, "<timestamp>.<body>")>,
                                     only when TM_WEBHOOK_SECRET is set
+    traceparent / tracestate        the task's trace (W3C), only when tracing is on (shared/tracing.py)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import httpx
 import structlog
 
+from shared import tracing
 from shared.runtime.errors import InputError
 from shared.taskstate.status import TaskStatus
 
@@ -72,6 +74,8 @@ async def deliver(
     }
     if secret:
         headers[H_SIGNATURE] = sign(secret, timestamp, body)
+    if tracing.ENABLED:
+        tracing.inject(headers)  # traceparent: a receiver that traces continues the task's trace
     deadline = asyncio.timeout(deadline_s)
     try:
         # Streamed and closed unread: a receiver's answer body is of no interest, however large.

@@ -29,6 +29,7 @@ import structlog
 from nats.aio.msg import Msg
 
 from services.notifier.delivery import deliver
+from shared import tracing
 from shared.config import Settings
 from shared.egress.failures import s3_endpoint, safe_url
 from shared.egress.netguard import AddressPolicy
@@ -97,6 +98,15 @@ class Notifier:
             self.counters.skipped += 1
             await msg.ack()
             return
+        if tracing.ENABLED:  # checked here, so that with tracing off no event pays for it
+            attributes = {"task.id": status.task_id, "task.run": status.run, "url.full": safe_url(url)}
+            with tracing.delivering(msg.headers, attributes) as span:
+                tracing.outcome(span, await self._deliver(msg, status, url))
+        else:
+            await self._deliver(msg, status, url)
+
+    async def _deliver(self, msg: Msg, status: TaskStatus, url: str) -> str:
+        """One attempt at the webhook, the event answered accordingly; the outcome (as in the metrics)."""
         attempt = msg.metadata.num_delivered or 1
         event_id = (msg.headers or {}).get("Nats-Msg-Id") or terminal_event_id(
             status.task_id, status.run, status.state.value
@@ -120,11 +130,13 @@ class Notifier:
             self.counters.handed_back += 1
             self._observe("handed_back", began)
             log.info("webhook_handed_back", attempt=attempt, **fields)
-            return
+            return "handed_back"
         finally:
             self.in_flight.discard(status.task_id)
         fields.update(attempt=attempt, result=outcome.detail, duration_ms=round((time.monotonic() - began) * 1000, 1))
-        self._observe("delivered" if outcome.delivered else "retry" if outcome.retry else "failed", began)
+        result = "delivered" if outcome.delivered else "retry" if outcome.retry else "failed"
+        self._observe(result, began)
+        tracing.annotate({"task.attempt": attempt, "webhook.result": outcome.detail})
         if outcome.delivered:
             await msg.ack()
             self.counters.delivered += 1
@@ -141,6 +153,7 @@ class Notifier:
             self.counters.failed += 1
             log.error("webhook_failed", event_id=event_id, max_attempts=self.settings.webhook_max_attempts, **fields)
             await self._record(status, "failed", attempt, outcome.detail)
+        return result
 
     def _observe(self, outcome: str, began: float) -> None:
         if self.metrics is not None:
@@ -160,7 +173,7 @@ async def start(topology: Topology, settings: Settings, worker_id: str, metrics:
     """The notifier and its callback client (the same SSRF rules as the stages' task URLs)."""
     policy = AddressPolicy.from_settings(settings, s3_endpoint=s3_endpoint())
     client = guarded_client(policy, role="callback", timeout=httpx.Timeout(settings.webhook_timeout_s))
-    return Running(Notifier(topology, settings, client, metrics), aclose=client.aclose)
+    return Running(Notifier(topology, settings, client, metrics), aclose=client.aclose, stage=STAGE_LABEL)
 
 
 def main() -> None:

@@ -8,7 +8,8 @@ Pictures (`services.upscaler.picture`) keep 16-bit data and alpha; `upscale` als
 The network runs through `batcher.TileBatcher` (tiles, batches shared by the images of concurrent callers,
 fp16 with fp32 fallback, OOM splitting), which owns the device from one thread;
 `outscale` then resizes with Lanczos, as RealESRGANer does (Pillow's Lanczos-3, where it uses OpenCV's
-Lanczos-4), to int(size * outscale) pixels.
+Lanczos-4), to int(size * outscale) pixels; a target size (`target_width` / `target_height`, `fit`) is
+resized, cropped or padded to instead (`fit.py`).
 
 Layers, each importing only those below it: worker -> engine -> batcher (tile scheduler) -> plan (one image)
 -> inference (the device). The engine's `models` (modelcache.ModelCache) is the one place models are kept.
@@ -30,16 +31,21 @@ from services.upscaler import memory
 from services.upscaler.alpha import RESIZE
 from services.upscaler.batcher import TileBatcher
 from services.upscaler.choice import choose
+from services.upscaler.fit import Size, finish, output_size
 from services.upscaler.inference import Network, Stats, TileRunner, TileSettings
 from services.upscaler.modelcache import ModelCache
 from services.upscaler.picture import Picture, from_pil
 from shared import modelfiles
 from shared.contracts import catalog
-from shared.contracts.options import DEFAULT_ALPHA_MODE, check_output_size, tile_overlap, validate_options
+from shared.contracts.options import (
+    DEFAULT_ALPHA_MODE,
+    check_output_size,
+    has_target,
+    tile_overlap,
+    validate_options,
+)
 from shared.messages import Category, UpscaleOptions
 from shared.runtime.errors import ConfigurationError, InputError
-
-FALLBACK_SCALE = 4.0
 
 
 @dataclass(frozen=True)
@@ -77,11 +83,6 @@ def _resolve_device(device: str) -> torch.device:
         if resolved.index is None:
             resolved = torch.device("cuda", torch.cuda.current_device())
     return resolved
-
-
-def scaled_size(size: tuple[int, int], outscale: float) -> tuple[int, int]:
-    """int(width * outscale) x int(height * outscale) as RealESRGANer sizes it, never below 1 pixel."""
-    return max(1, int(size[0] * outscale)), max(1, int(size[1] * outscale))
 
 
 class Upscaler:
@@ -201,34 +202,41 @@ class Upscaler:
         name = options.model or catalog.ROUTES[category]
         denoise = options.denoise_strength if name == catalog.DENOISE_MODEL else None
         needed = [name] + ([catalog.DENOISE_HELPER] if denoise is not None and denoise != 1 else [])
-        # The final size: the model's own scale unless outscale says otherwise; a stand-in or Lanczos gives it too.
+        # The final size: the target's, else the model's own scale unless outscale says otherwise; a stand-in
+        # or Lanczos gives it too.
         outscale = float(catalog.get(name).scale) if options.outscale is None else options.outscale
-        self._check_output_size(picture.size, None, outscale)
+        final = output_size(picture.size, options, outscale)
+        self._check_output_size(picture.size, None, final)
         chosen = choose(name, needed, options.model is not None, self.model_dir, self.model_wait_s, cancel)
         why = None
         if chosen.network is None:
-            return self._lanczos(picture, outscale, f"lanczos (fallback: {name} weights {chosen.absent})", progress)
+            label = f"lanczos (fallback: {name} weights {chosen.absent})"
+            return self._lanczos(picture, options, outscale, label, progress)
         if chosen.network != name:
-            options = options.model_copy(update={"outscale": outscale})  # a x2 stand-in is resized to the x4
+            if not has_target(options):
+                options = options.model_copy(update={"outscale": outscale})  # a x2 stand-in is resized to the x4
             why, name = f"{name} {chosen.absent}", chosen.network
-        self._check_output_size(picture.size, catalog.get(name).scale, options.outscale)
+        self._check_output_size(picture.size, catalog.get(name).scale, final)
 
         with self._preparing:
             network, job = self._prepare(picture, name, denoise, options)
         pixels = self._batcher.run(picture.pixels, network, job, progress, priority=priority, cancel=cancel)
-        out = picture.with_pixels(pixels)
-        if options.outscale is not None and options.outscale != network.scale:
-            out = out.resized(scaled_size(picture.size, options.outscale))
+        out = finish(picture.with_pixels(pixels), picture.size, options, options.outscale)
         label = name if denoise is None else f"{name} (denoise_strength {denoise:g})"
         if why is not None:
             label = f"{name} ({why})"
         return UpscaleResult(out, label, fallback=why is not None, device=self.device)
 
     def _lanczos(
-        self, picture: Picture, outscale: float, label: str, progress: Callable[[float], None] | None
+        self,
+        picture: Picture,
+        options: UpscaleOptions,
+        outscale: float,
+        label: str,
+        progress: Callable[[float], None] | None,
     ) -> UpscaleResult:
-        """The last resort: a Lanczos resize by `outscale`."""
-        resized = picture.resized(scaled_size(picture.size, outscale))
+        """The last resort: a Lanczos resize by `outscale`, or to the target size, straight from the input."""
+        resized = finish(picture, picture.size, options, outscale)
         if progress is not None:
             progress(1.0)
         return UpscaleResult(resized, label, fallback=True, device=self.device)
@@ -271,15 +279,15 @@ class Upscaler:
         )
         return network, job
 
-    def _check_output_size(self, size: tuple[int, int], net_scale: int | None, outscale: float | None) -> None:
-        """InputError, before any inference, when the output (or the network's, before `outscale`) is too large."""
+    def _check_output_size(self, size: Size, net_scale: int | None, final: Size) -> None:
+        """InputError, before any inference, when the `final` output (or the network's, before it is resized to
+        that) is too large."""
         if self.max_output_pixels is None:
             return
         try:
-            if net_scale is not None:  # the network's own output is held in full before the outscale resize
+            if net_scale is not None:  # the network's own output is held in full before the final resize
                 network = (size[0] * net_scale, size[1] * net_scale)
                 check_output_size(network, self.max_output_pixels, what=f"the x{net_scale} network output")
-            final = outscale if outscale is not None else (net_scale or FALLBACK_SCALE)
-            check_output_size(scaled_size(size, final), self.max_output_pixels)
+            check_output_size(final, self.max_output_pixels)
         except ValueError as exc:
             raise InputError(str(exc)) from exc

@@ -90,19 +90,22 @@ class Picture:
             image.info["icc_profile"] = self.icc_profile
         return image
 
-    def resized(self, size: tuple[int, int]) -> Picture:
-        """Lanczos-resized to `size` (width, height); alpha is premultiplied for the resize, as Pillow does."""
-        if size == self.size:
+    def resized(self, size: tuple[int, int], box: tuple[float, float, float, float] | None = None) -> Picture:
+        """Lanczos-resized to `size` (width, height); alpha is premultiplied for the resize, as Pillow does.
+
+        `box` (left, top, right, bottom, fractional pixels): only that region is resized, as Pillow's `box`
+        (the filter still reads the pixels around it), so a crop costs no resize of what is cut off."""
+        if size == self.size and box in (None, (0, 0, self.width, self.height)):
             return self
         if self.bit_depth == 8:
-            resized = np.asarray(self.to_pil().resize(size, Image.Resampling.LANCZOS))
+            resized = np.asarray(self.to_pil().resize(size, Image.Resampling.LANCZOS, box=box))
             return self.with_pixels(resized.reshape(size[1], size[0], self.channels))
         # Pillow resizes 16-bit data one float ("F") plane at a time.
         values = self.floats()
         if self.has_alpha:
             values[:, :, :-1] *= values[:, :, -1:]
         planes = [
-            np.asarray(Image.fromarray(values[:, :, c]).resize(size, Image.Resampling.LANCZOS))
+            np.asarray(Image.fromarray(values[:, :, c]).resize(size, Image.Resampling.LANCZOS, box=box))
             for c in range(self.channels)
         ]
         out = np.clip(np.stack(planes, axis=2), 0, 1)
@@ -110,6 +113,20 @@ class Picture:
             alpha = out[:, :, -1:]
             out[:, :, :-1] = np.where(alpha > 0, np.clip(out[:, :, :-1] / np.maximum(alpha, 1e-12), 0, 1), 0)
         return self.with_pixels(np.rint(out * self.max_value).astype(np.uint16))
+
+    def padded(self, size: tuple[int, int], offset: tuple[int, int]) -> Picture:
+        """This picture at `offset` (left, top) on a transparent canvas of `size`; one without alpha gains
+        an alpha channel, opaque where the picture lies (the same picture when `size` is its own)."""
+        if size == self.size:
+            return self
+        channels = self.channels if self.has_alpha else self.channels + 1
+        canvas = np.zeros((size[1], size[0], channels), self.pixels.dtype)  # straight alpha 0, colour 0
+        left, top = offset
+        region = canvas[top : top + self.height, left : left + self.width]
+        region[:, :, : self.channels] = self.pixels
+        if not self.has_alpha:
+            region[:, :, -1] = self.max_value
+        return self.with_pixels(canvas)
 
 
 def orient(pixels: np.ndarray, orientation: int) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -14,6 +15,7 @@ from services.upscaler import codec
 from services.upscaler.engine import Upscaler
 from services.upscaler.metrics import UpscalerCollector
 from services.upscaler.plan import Cancelled
+from shared import tracing
 from shared.blobs import pass_on, read_image
 from shared.config import Settings
 from shared.images import open_image, output_format
@@ -42,6 +44,9 @@ class ProgressBridge:
         self._pending: Any = None
         self._ended: Exception | None = None
         self.cancel = threading.Event()
+        self.batches = 0  # the device batches that held tiles of this image (one progress call each)
+        self.began = time.monotonic()
+        self.first_batch: float | None = None  # when the first of them was done
 
     @property
     def ended(self) -> Exception | None:
@@ -50,6 +55,8 @@ class ProgressBridge:
 
     def __call__(self, fraction: float) -> None:
         self._job.waiting_locally = False  # its tiles are running: from now on, silence means a stall
+        self.batches += 1
+        self.first_batch = self.first_batch or time.monotonic()
         if self._ended is not None:
             raise self._ended
         if self._pending is None or self._pending.done():
@@ -63,6 +70,20 @@ class ProgressBridge:
             self.cancel.set()
         except Exception as exc:  # progress is best effort; the work goes on
             log.warning("progress_update_failed", error=str(exc))
+
+
+def summarise(bridge: ProgressBridge, model: str, device: str) -> None:
+    """The upscale span's account of the image's tile batches (shared/tracing.py; nothing when tracing is off)."""
+    if tracing.ENABLED:
+        first = bridge.first_batch or time.monotonic()
+        tracing.annotate(
+            {
+                "upscale.batches": bridge.batches,
+                "upscale.first_batch_ms": round((first - bridge.began) * 1000, 1),  # decoding, the device queue
+                "upscale.model": model,
+                "upscale.device": device,
+            }
+        )
 
 
 def cpu_threads(configured: int | None = None) -> int:
@@ -116,6 +137,7 @@ async def make_handler(topology: Topology, settings: Settings, upscaler: Upscale
         except asyncio.CancelledError:
             bridge.cancel.set()  # stalled or shutting down: free the device of this image
             raise
+        summarise(bridge, result.model_used, result.device)
         handed_on = await pass_on(topology, task, "output", encoded, settings.inline_image_max_bytes)
         return task.model_copy(
             update={

@@ -12,10 +12,17 @@ PAD_RANGE = range(0, 65)
 PRACTICAL_TILE_PAD = 10  # RealESRGANer's default: the pad of nets whose receptive field is out of reach
 ALPHA_MODES = ("premultiplied", "network", "resize")  # see services/upscaler/alpha.py
 DEFAULT_ALPHA_MODE = ALPHA_MODES[0]
+FITS = ("contain", "cover", "stretch")  # how a target_width x target_height box is filled: services/upscaler/fit.py
+DEFAULT_FIT = FITS[0]  # neither distorts nor loses any of the picture
+MAX_TARGET_SIDE = 65535  # the largest side a JPEG can hold (TM_MAX_OUTPUT_PIXELS usually binds first)
+TARGETS = ("target_width", "target_height")
 
 
-def validate_options(options: UpscaleOptions) -> None:
-    """Raise ValueError naming the first bad field ("kwargs.<field>: ...") of a task's upscale options."""
+def validate_options(options: UpscaleOptions, max_output_pixels: int | None = None) -> None:
+    """Raise ValueError naming the first bad field ("kwargs.<field>: ...") of a task's upscale options.
+
+    With `max_output_pixels` (TM_MAX_OUTPUT_PIXELS), a target box too large for it is refused too: the one
+    output size known before the input is fetched. The engine checks every output size again."""
     if options.model is not None and options.model not in catalog.selectable_names():
         known = ", ".join(catalog.selectable_names())
         raise ValueError(f"kwargs.model: unknown model {options.model!r}; known: {known}")
@@ -42,6 +49,34 @@ def validate_options(options: UpscaleOptions) -> None:
         )
     if options.alpha_mode not in ALPHA_MODES:
         raise ValueError(f"kwargs.alpha_mode: must be one of {', '.join(ALPHA_MODES)}, got {options.alpha_mode!r}")
+    _validate_target(options, max_output_pixels)
+
+
+def has_target(options: UpscaleOptions) -> bool:
+    """Whether the task asks for an output size (target_width and/or target_height) rather than a scale."""
+    return options.target_width is not None or options.target_height is not None
+
+
+def _validate_target(options: UpscaleOptions, max_output_pixels: int | None) -> None:
+    for field in TARGETS:
+        value = getattr(options, field)
+        if value is not None and not 1 <= value <= MAX_TARGET_SIDE:
+            raise ValueError(f"kwargs.{field}: must be 1..{MAX_TARGET_SIDE}, got {value}")
+    if options.fit is not None and options.fit not in FITS:
+        raise ValueError(f"kwargs.fit: must be one of {', '.join(FITS)}, got {options.fit!r}")
+    if not has_target(options):
+        if options.fit is not None:
+            raise ValueError("kwargs.fit: applies only to a target size; set kwargs.target_width and target_height")
+        return
+    # Two sizes for one output: refused, rather than one of them silently ignored.
+    if options.outscale is not None:
+        raise ValueError("kwargs.outscale: cannot be combined with kwargs.target_width/target_height; use one")
+    if options.target_width is not None and options.target_height is not None and max_output_pixels is not None:
+        box = (options.target_width, options.target_height)
+        try:
+            check_output_size(box, max_output_pixels)
+        except ValueError as exc:
+            raise ValueError(f"kwargs.target_width/target_height: {exc}") from exc
 
 
 def tile_overlap(options: UpscaleOptions, model: str, feather: int | None = None) -> tuple[int, int]:

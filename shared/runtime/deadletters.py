@@ -18,6 +18,7 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from shared import tracing
 from shared.messages import PIPELINE, Stage, TaskMessage, UpscaleOptions
 from shared.taskstate.status import TaskFinishedError, TaskState, TaskStatus, utc_now
 from shared.taskstate.store import TaskGoneError, TaskStore
@@ -192,6 +193,7 @@ async def start_new_run(
         if status.state not in ended_in or (of_run is not None and status.run != of_run):
             raise NotRerunnableError(status)
         status.reopen()
+        status.trace_id = tracing.trace_id()  # a new run, a new trace: the request's that started it
 
     reopened = await store.update(task_id, reopen)
     try:

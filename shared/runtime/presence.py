@@ -34,21 +34,26 @@ def worker_key(service: str, worker_id: str) -> str:
     return f"{service}.{worker_id}".replace(":", "_")
 
 
+def worker_record(service: str, worker_id: str, started_at: str, details: Details) -> dict[str, Any]:
+    """The record a heartbeat puts (and the NATS service API's `status` endpoint answers, shared/runtime/micro.py)."""
+    return {
+        "service": service,
+        "worker_id": worker_id,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "version": VERSION,
+        "started_at": started_at,
+        "heartbeat_at": utc_now(),
+        **details(),
+    }
+
+
 async def heartbeat(workers: KeyValue, service: str, worker_id: str, interval_s: float, details: Details) -> None:
     """Put this process's record every `interval_s` until cancelled; a failed put is logged, never raised."""
     started_at = utc_now()
     key = worker_key(service, worker_id)
     while True:
-        record = {
-            "service": service,
-            "worker_id": worker_id,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "version": VERSION,
-            "started_at": started_at,
-            "heartbeat_at": utc_now(),
-            **details(),
-        }
+        record = worker_record(service, worker_id, started_at, details)
         try:
             await workers.put(key, json.dumps(record).encode())
         except Exception as exc:  # a heartbeat must never take the process down

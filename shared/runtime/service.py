@@ -2,9 +2,10 @@
 the notifier.
 
 A service connects, declares the topology, announces itself in the workers bucket (shared/runtime/presence.py:
-a heartbeat key with a TTL, so a dead worker disappears from the dashboard by itself), serves its
-/metrics, runs its runner, and on SIGTERM/SIGINT stops taking work, finishes what it holds, closes its
-clients, drains the connection and logs one summary line.
+a heartbeat key with a TTL, so a dead worker disappears from the dashboard by itself) and on the NATS
+service API (shared/runtime/micro.py: `nats micro ls`), serves its /metrics, runs its runner, and on
+SIGTERM/SIGINT stops taking work, finishes what it holds, closes its clients, drains the connection and
+logs one summary line.
 
     stage      make_handler(topology, settings) -> StageHandler; serve_stage runs it in a StageRunner
     notifier   its own runner (services/notifier/worker.py) through serve()
@@ -21,12 +22,14 @@ from typing import Any, Protocol
 
 from prometheus_client.registry import Collector
 
+from shared import tracing
 from shared.config import Settings
 from shared.logging import configure_logging
 from shared.messages import Stage
 from shared.nats import Topology, connect, declare
 from shared.runtime.job import Handler
 from shared.runtime.metrics import WorkerMetrics
+from shared.runtime.micro import Instance, announced, runner_tally
 from shared.runtime.presence import VERSION, make_worker_id, presence
 from shared.runtime.stage import StageRunner
 
@@ -69,6 +72,7 @@ class Running:
     collectors: Sequence[Collector] = ()
     describe: InfoProvider | None = None
     aclose: Closer | None = None
+    stage: str | None = None  # the stage it serves, in its service API metadata (default: the service's name)
 
 
 Starter = Callable[[Topology, Settings, str, WorkerMetrics], Awaitable[Running]]
@@ -81,6 +85,7 @@ async def serve(service: str, start: Starter) -> None:
     nc = await connect(settings, name=service)
     topology = await declare(nc, settings)
     worker_id = make_worker_id(service)
+    tracing.setup(service, VERSION, worker_id)  # only when OTEL_* asks for it (shared/tracing.py)
     metrics = WorkerMetrics(service, worker_id, VERSION)
     running = await start(topology, settings, worker_id, metrics)
     runner, describe = running.runner, running.describe
@@ -104,12 +109,18 @@ async def serve(service: str, start: Starter) -> None:
     began = time.monotonic()
     log.info("service_started", worker_id=worker_id, nats_url=settings.nats_url, metrics_url=metrics_url)
     try:
-        async with presence(topology.workers, service, worker_id, settings.heartbeat_s, details):
+        instance = Instance(service, worker_id, running.stage or service, settings.concurrency)
+        tally = runner_tally(lambda: runner.counters, lambda: runner.in_flight)
+        async with (
+            presence(topology.workers, service, worker_id, settings.heartbeat_s, details),
+            announced(nc, instance, tally, details),  # withdrawn first, once the runner has finished
+        ):
             await runner.run()
     finally:
         if running.aclose is not None:
             await running.aclose()
         await nc.drain()
+        tracing.shutdown()  # the spans still buffered
         log.info("service_stopped", uptime_s=round(time.monotonic() - began, 1), **vars(runner.counters))
 
 
@@ -119,7 +130,7 @@ async def serve_stage(service: str, stage: Stage, make_handler: HandlerFactory) 
     async def start(topology: Topology, settings: Settings, worker_id: str, metrics: WorkerMetrics) -> Running:
         handler = await make_handler(topology, settings)
         runner = StageRunner(stage, handler.handle, topology, settings, worker_id, metrics)
-        return Running(runner, handler.collectors, handler.describe, handler.aclose)
+        return Running(runner, handler.collectors, handler.describe, handler.aclose, stage=stage.value)
 
     await serve(service, start)
 

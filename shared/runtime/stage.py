@@ -25,28 +25,28 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import structlog
 from nats.aio.msg import Msg
 
+from shared import tracing
 from shared.blobs import discard_task_blobs
 from shared.config import Settings
 from shared.messages import Stage, TaskMessage, next_stage
 from shared.nats import Topology
-from shared.runtime.consumer import Slots, keep_in_progress, mark_in_progress
+from shared.runtime.consumer import Slots, keep_in_progress
 from shared.runtime.deadletters import dead_letter
 from shared.runtime.errors import MAX_BACKOFF_S, PermanentError, RetryableError
 from shared.runtime.job import Handler, Job
 from shared.runtime.metrics import WorkerMetrics
+from shared.runtime.ownruns import OwnRuns
 from shared.runtime.puller import PriorityPuller
 from shared.taskstate.status import StageAlreadyDoneError, StaleRunError, TaskFinishedError, TaskStatus, format_time
 from shared.taskstate.store import TaskGoneError, TaskStore
 from shared.wire import enqueue, message_run
 
 log = structlog.get_logger()
-REMEMBERED_FINISHED = 4096
 
 
 def backoff_s(attempt: int, base_s: float, cap_s: float = MAX_BACKOFF_S) -> float:
@@ -88,10 +88,8 @@ class StageRunner:
         self.worker_id = worker_id
         self.store = TaskStore.of(topology)
         self.counters = StageCounters()
-        self.in_flight: dict[str, asyncio.Event] = {}  # task_id -> set when this process's run of it ends
-        # task_id -> run, for the tasks whose stage this process finished lately: a redelivery of one is
-        # done work (no state write says so yet: the next stage's start records it).
-        self._finished: OrderedDict[str, int] = OrderedDict()
+        self._own = OwnRuns(self.store)
+        self.in_flight = self._own.in_flight  # the task ids in hand (presence, metrics, micro)
         self.metrics = metrics  # the process's /metrics (shared/runtime/metrics.py); None in tests that need none
         if metrics is not None:
             metrics.watch_in_flight(stage.value, lambda: len(self.in_flight))
@@ -112,23 +110,31 @@ class StageRunner:
             log.error("bad_message", stage=self.stage.value, subject=msg.subject, error=str(exc))
             await msg.term()
             return
+        if tracing.ENABLED:  # checked here, so that with tracing off no message pays for it
+            with tracing.consuming(self.stage.value, msg, task.task_id, task.run) as span:
+                tracing.outcome(span, await self._take(msg, task))
+        else:
+            await self._take(msg, task)
+
+    async def _take(self, msg: Msg, task: TaskMessage) -> str:
+        """Work on a message (or drop it); the outcome."""
         with structlog.contextvars.bound_contextvars(task_id=task.task_id, stage=self.stage.value):
-            await self._after_own_run(msg, task.task_id)
-            if await self._finished_here(task.task_id):
+            if task.task_id in self._own.in_flight:
+                self.counters.waited_for_own_run += 1
+                log.info("redelivered_while_running", num_delivered=msg.metadata.num_delivered)
+                await self._own.wait_for(msg, task.task_id, self._keepalive_s)
+            if await self._own.finished_here(task.task_id):
                 await msg.ack()
                 self.counters.dropped += 1
                 log.info("task_dropped", reason="this process finished this stage of the task's run already")
-                return
+                return "dropped"
             started = time.monotonic()
-            self.in_flight[task.task_id] = run_ended = asyncio.Event()
-            try:
-                outcome = await self._process(msg, task)
-            except Exception as exc:  # NATS trouble while recording: the message will be redelivered
-                log.exception("stage_error", error=repr(exc))
-                outcome = "error"
-            finally:
-                del self.in_flight[task.task_id]
-                run_ended.set()
+            with self._own.running(task.task_id):
+                try:
+                    outcome = await self._process(msg, task)
+                except Exception as exc:  # NATS trouble while recording: the message will be redelivered
+                    log.exception("stage_error", error=repr(exc))
+                    outcome = "error"
             elapsed_s = time.monotonic() - started
             if self.metrics is not None:
                 self.metrics.observe(self.stage.value, outcome, elapsed_s)
@@ -138,38 +144,7 @@ class StageRunner:
                 duration_ms=round(elapsed_s * 1000, 1),
                 num_delivered=msg.metadata.num_delivered,
             )
-
-    async def _after_own_run(self, msg: Msg, task_id: str) -> None:
-        """Let a delivery of a task this process is still working on wait for that run to end.
-
-        At-least-once delivery brings a message back when its ack wait runs out, which in-progress
-        acks prevent unless the broker is away (a node failing over): the same process may then be
-        handed the task it is working on. Running it beside itself would do the work twice (two
-        uploads of one output); after the first run the task's state says whether anything is left.
-        """
-        if task_id not in self.in_flight:
-            return
-        self.counters.waited_for_own_run += 1
-        log.info("redelivered_while_running", num_delivered=msg.metadata.num_delivered)
-        while (run_ended := self.in_flight.get(task_id)) is not None:
-            try:
-                await asyncio.wait_for(run_ended.wait(), timeout=self._keepalive_s)
-            except TimeoutError:
-                await mark_in_progress(msg)  # this delivery stays ours while it waits
-
-    async def _finished_here(self, task_id: str) -> bool:
-        """Whether this process finished this stage of the task's current run (rare: a redelivery)."""
-        run = self._finished.get(task_id)
-        if run is None:
-            return False
-        status = await self.store.get(task_id)
-        return status is not None and status.run == run
-
-    def _remember_finished(self, task_id: str, run: int) -> None:
-        self._finished[task_id] = run
-        self._finished.move_to_end(task_id)
-        if len(self._finished) > REMEMBERED_FINISHED:
-            self._finished.popitem(last=False)
+            return outcome
 
     @property
     def _keepalive_s(self) -> float:
@@ -220,7 +195,7 @@ class StageRunner:
             if written is not None:
                 handed |= {"state_hint": written[0].decode(), "state_revision": written[1]}
             await enqueue(self.topology.js, result.model_copy(update=handed), following, run)
-        self._remember_finished(task.task_id, run)
+        self._own.remember_finished(task.task_id, run)
         await msg.ack()
         self.counters.succeeded += 1
         return "success"

@@ -138,6 +138,7 @@ class TaskStatus(BaseModel):
     worker_type: str | None = None  # "gpu" | "cpu": where the upscaling ran
     run: int = 1  # incremented by a new run of the ended task: a dead-letter replay, or a retry through the API
     callback: CallbackDelivery | None = None  # only for a task with a callback_url, once it has ended
+    trace_id: str | None = None  # the current run's OpenTelemetry trace (shared/tracing.py); None: tracing off
     schema_version: int = SCHEMA_VERSION
 
     @classmethod
@@ -248,7 +249,7 @@ class TaskStatus(BaseModel):
         self.run += 1
         self.state = TaskState.PENDING
         self.progress = 0.0
-        self.result = self.error = self.callback = None
+        self.result = self.error = self.callback = self.trace_id = None
         self.received_at = self.started_at = self.completed_at = None
         self.subtasks = [Subtask(name=stage) for stage in PIPELINE]
         self.subtasks[0].queued_at = utc_now()

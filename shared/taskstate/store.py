@@ -43,6 +43,7 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
+from shared import tracing
 from shared.taskstate.events import EventKind, Snapshot, TaskEvent
 from shared.taskstate.status import TaskStatus, parse_time
 from shared.wire import EVENTS_STREAM, change_subject, event_subject, terminal_event_id
@@ -199,9 +200,12 @@ class TaskStore:
             await self._publish(change.subject, change.to_json(), change.event_id)
 
     async def _publish(self, subject: str, data: bytes, message_id: str) -> None:
+        headers = {"Nats-Msg-Id": message_id}
+        if tracing.ENABLED:
+            tracing.inject(headers)  # the span that ended the task: the webhook's parent (services/notifier)
         for attempt in range(EVENT_PUBLISH_ATTEMPTS):
             try:
-                await self._js.publish(subject, data, headers={"Nats-Msg-Id": message_id})
+                await self._js.publish(subject, data, headers=headers)
                 return
             except UNKNOWN_OUTCOME:
                 if attempt == EVENT_PUBLISH_ATTEMPTS - 1:

@@ -83,7 +83,7 @@ def test_cpu_image() -> None:
     assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
     runs = " ".join(i.args for i in instructions if i.keyword == "RUN")
     assert '--index-url "$TORCH_INDEX_URL" "torch==$TORCH_VERSION"' in runs
-    assert "pip install ." in runs
+    assert 'pip install ".[otel]"' in runs  # the images can trace (docs/operations.md, "Tracing")
     # The same torch as ./task-manager pins for local installs.
     pinned = re.search(r"TM_TORCH_VERSION:-([\d.]+)", (ROOT / "task-manager").read_text())
     assert pinned and args["TORCH_VERSION"] == pinned.group(1)
@@ -98,7 +98,7 @@ def test_cuda_image() -> None:
     assert all(base.startswith("nvidia/cuda:") for base in bases)
     assert re.fullmatch(r"https://download\.pytorch\.org/whl/cu\d+", args["TORCH_INDEX_URL"])
     runs = " ".join(i.args for i in instructions if i.keyword == "RUN")
-    assert 'pip install ".[gpu]"' in runs
+    assert 'pip install ".[gpu,otel]"' in runs
 
 
 def test_dockerignore_keeps_the_context_small() -> None:

@@ -11,7 +11,16 @@ from __future__ import annotations
 from pydantic.config import JsonDict
 
 from shared.contracts import catalog
-from shared.contracts.options import ALPHA_MODES, MAX_OUTSCALE, PAD_RANGE, PRACTICAL_TILE_PAD, TILE_RANGE
+from shared.contracts.options import (
+    ALPHA_MODES,
+    DEFAULT_FIT,
+    FITS,
+    MAX_OUTSCALE,
+    MAX_TARGET_SIDE,
+    PAD_RANGE,
+    PRACTICAL_TILE_PAD,
+    TILE_RANGE,
+)
 from shared.images import OUTPUT_FORMATS
 
 # A host name whose last label starts with a letter (all-digit names read as IPv4 numbers), an IPv4
@@ -62,7 +71,9 @@ OUTPUT_FORMAT_RULE: JsonDict = {
     },
     "then": {"properties": {"args": {"prefixItems": [True, _KEYED_OUTPUT_URL]}}},
 }
-ARGS: JsonDict = {"prefixItems": [INPUT_URL, OUTPUT_URL], "items": False, "minItems": 2, "maxItems": 2}
+# Exactly the two prefixItems: maxItems says "no more". `items` (what would follow them) is a string schema
+# rather than `false`: openapi-python-client cannot read a boolean schema there and refuses the document.
+ARGS: JsonDict = {"prefixItems": [INPUT_URL, OUTPUT_URL], "items": {"type": "string"}, "minItems": 2, "maxItems": 2}
 
 
 def _nullable(schema: JsonDict) -> JsonDict:
@@ -75,6 +86,21 @@ KWARGS: JsonDict = {
     "properties": {
         "model": _nullable({"enum": list(catalog.selectable_names())}),
         "outscale": _nullable({"type": "number", "exclusiveMinimum": 0, "maximum": MAX_OUTSCALE}),
+        **{
+            side: {
+                **_nullable({"type": "integer", "minimum": 1, "maximum": MAX_TARGET_SIDE}),
+                "description": f"{side}: the output's {side.removeprefix('target_')} in pixels instead of a "
+                "scale (the network runs at its own, a Lanczos resize follows); one side alone keeps the "
+                "aspect ratio; not with outscale; both sides at most TM_MAX_OUTPUT_PIXELS",
+            }
+            for side in ("target_width", "target_height")
+        },
+        "fit": {
+            **_nullable({"enum": list(FITS)}),
+            "description": f"fit: how target_width x target_height is filled (exactly that size): contain "
+            f"(centred, transparent or, in JPEG, white padding), cover (centre-cropped), stretch; unset or "
+            f"null: {DEFAULT_FIT}; only with a target",
+        },
         "tile": _nullable(
             {"anyOf": [{"const": 0}, {"type": "integer", "minimum": TILE_RANGE.start, "maximum": TILE_RANGE.stop - 1}]}
         ),

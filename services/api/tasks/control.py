@@ -6,6 +6,7 @@ from __future__ import annotations
 import structlog
 from fastapi import APIRouter, Depends, HTTPException, status
 
+from services.api import schemas
 from services.api.deps import ContextDep
 from services.api.guards.backpressure import queue_room
 from services.api.schemas import CleanupResponse, error
@@ -31,7 +32,7 @@ async def _found(ctx: ContextDep, task_id: str) -> TaskStatus:
     return found
 
 
-@router.post("/{task_id}/revoke", response_model=TaskStatus, responses=REVOKE_ERRORS)
+@router.post("/{task_id}/revoke", response_model=schemas.TaskStatus, responses=REVOKE_ERRORS)
 async def revoke_task(task_id: str, ctx: ContextDep) -> TaskStatus:
     """Cancel a task: a queued one leaves its queue, a running one stops at its next stage boundary."""
     found = await _found(ctx, task_id)
@@ -49,7 +50,7 @@ async def revoke_task(task_id: str, ctx: ContextDep) -> TaskStatus:
 @router.post(
     "/{task_id}/retry",
     status_code=status.HTTP_202_ACCEPTED,
-    response_model=TaskStatus,
+    response_model=schemas.TaskStatus,
     responses=RETRY_ERRORS,
     dependencies=[Depends(queue_room)],  # a new run is new work in the queues, as a submission is
 )

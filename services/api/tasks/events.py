@@ -3,7 +3,8 @@
 The stream replays the task's change events stored in the TM_EVENTS stream, then follows live ones
 (services/api/tasks/changefeed.py), and ends after the terminal one. Each event's
 `id:` is its stream sequence, so a client that reconnects with `Last-Event-ID` (browsers' EventSource
-does it by itself) resumes after the last event it saw. A comment line every TM_EVENTS_KEEPALIVE_S
+does it by itself) resumes after the last event it saw; a new EventSource, which cannot set headers,
+names it in the URL instead (`?last_event_id=N`). A comment line every TM_EVENTS_KEEPALIVE_S
 keeps proxies from closing a quiet connection.
 """
 
@@ -16,7 +17,7 @@ from typing import Annotated, Any
 import anyio
 import nats.errors
 import structlog
-from fastapi import APIRouter, Header, HTTPException, status
+from fastapi import APIRouter, Header, HTTPException, Query, status
 from fastapi.responses import StreamingResponse
 
 from services.api.deps import ContextDep
@@ -137,9 +138,19 @@ async def task_events(
     last_event_id: Annotated[
         str | None, Header(description="Resume after this event (its `id:`, a stream sequence)")
     ] = None,
+    resume_from: Annotated[
+        str | None,
+        Query(
+            alias="last_event_id",
+            description="The same as the Last-Event-ID header, for a new EventSource (which cannot set"
+            " headers); the header wins when both are sent",
+        ),
+    ] = None,
 ) -> StreamingResponse:
     """Stream a task's state changes (Server-Sent Events) until it ends."""
-    after = resume_after(last_event_id)
+    # The header first: an EventSource opened with ?last_event_id=N keeps that URL when it reconnects,
+    # and the header it then sends by itself names a later event.
+    after = resume_after(last_event_id or resume_from)
     if not valid_id(task_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"Task {task_id} not found")
     # Subscribed before the entry is read, so every change after the revision read comes live; the

@@ -20,6 +20,7 @@ from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 from services.api.deps import ApiContext
 from services.api.schemas import SubmitTaskRequest
 from services.api.tasks.submission import SubmissionError, validate_callback, validate_submission
+from shared import tracing
 from shared.config import Settings
 from shared.egress.failures import s3_endpoint
 from shared.egress.netguard import AddressPolicy
@@ -51,7 +52,9 @@ def validate(body: SubmitTaskRequest, settings: Settings) -> Accepted:
     """The submission checked against the contract and the address rules; a 400 naming the field."""
     try:
         policy = AddressPolicy.from_settings(settings, s3_endpoint=s3_endpoint())
-        input_url, output_url, options = validate_submission(body, s3_endpoint(), policy, settings.file_root)
+        input_url, output_url, options = validate_submission(
+            body, s3_endpoint(), policy, settings.file_root, settings.max_output_pixels
+        )
         callback_url = validate_callback(body, policy)
     except SubmissionError as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
@@ -71,6 +74,7 @@ async def create_and_enqueue(ctx: ApiContext, task_id: str, accepted: Accepted) 
         # The webhook rides in the stored kwargs (not in the work message): the notifier reads it
         # from the terminal event's status.
         kwargs={**body.kwargs, "callback_url": accepted.callback_url} if accepted.callback_url else body.kwargs,
+        trace_id=tracing.trace_id(),  # the request's trace (shared/tracing.py), which enqueue carries on
     )
     try:
         revision = await _through_failover(lambda: ctx.store.create(record))

@@ -10,6 +10,7 @@ import structlog
 from fastapi import APIRouter, Depends, Header, HTTPException, status
 from fastapi.responses import JSONResponse
 
+from services.api import schemas
 from services.api.deps import ContextDep
 from services.api.guards.backpressure import queue_room
 from services.api.schemas import SubmitTaskRequest, SubmitTaskResponse, error
@@ -25,7 +26,7 @@ CANONICAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9
 # What each route can answer besides its success; 401 and 429 are added where the routers are
 # included (services/api/app.py), with the guard and the rate limiter.
 SUBMIT_ERRORS: dict[int | str, dict[str, Any]] = {
-    200: {"model": TaskStatus, "description": "Finished task (sync: true)"},
+    200: {"model": schemas.TaskStatus, "description": "Finished task (sync: true)"},
     400: error("Invalid task name, arguments or options; the detail names the field"),
     409: error("Idempotency-Key reused for another request"),
     413: error("Request body larger than TM_MAX_BODY_BYTES"),
@@ -92,7 +93,8 @@ async def _existing_task(ctx: ContextDep, task_id: str, sync: bool) -> Any:
     return SubmitTaskResponse(task_id=task_id, state=found.state.value, submitted_at=found.submitted_at)
 
 
-@router.get("/{task_id}", response_model=TaskStatus, responses=TASK_ERRORS)
+# response_model: the stored status, documented (and checked on the way out) with its `result` typed
+@router.get("/{task_id}", response_model=schemas.TaskStatus, responses=TASK_ERRORS)
 async def get_task(task_id: str, ctx: ContextDep) -> TaskStatus:
     """Retrieve the current status of a task."""
     found = await ctx.store.get(task_id) if valid_id(task_id) else None

@@ -54,7 +54,7 @@ def _check_output_url(url: Any, s3_endpoint: str | None) -> str:
     return url
 
 
-def _check_options(kwargs: dict[str, Any], output_url: str) -> UpscaleOptions:
+def _check_options(kwargs: dict[str, Any], output_url: str, max_output_pixels: int | None) -> UpscaleOptions:
     known = set(UpscaleOptions.model_fields)
     unknown = sorted(set(kwargs) - known)
     if unknown:
@@ -66,7 +66,7 @@ def _check_options(kwargs: dict[str, Any], output_url: str) -> UpscaleOptions:
         field = ".".join(str(part) for part in first["loc"])
         raise SubmissionError(f"kwargs.{field}: {first['msg']}") from exc
     try:
-        validate_options(options)
+        validate_options(options, max_output_pixels)
     except ValueError as exc:
         raise SubmissionError(str(exc)) from exc
     if options.output_format is None and format_for_url(output_url) is None:
@@ -117,11 +117,13 @@ def validate_submission(
     s3_endpoint: str | None,
     policy: AddressPolicy | None = None,
     file_root: Path | None = None,
+    max_output_pixels: int | None = None,
 ) -> tuple[str, str, UpscaleOptions]:
     """Return (input_url, output_url, options) or raise SubmissionError.
 
     Without a `policy` the URLs' destinations are not checked; with one, file:// URLs must lie inside
-    `file_root` (TM_FILE_ROOT), and are refused when it is None."""
+    `file_root` (TM_FILE_ROOT), and are refused when it is None. With `max_output_pixels`
+    (TM_MAX_OUTPUT_PIXELS) a target box larger than that is refused."""
     if request.task_name not in KNOWN_TASKS:
         raise SubmissionError(f"task_name: unknown task {request.task_name!r}; known: {', '.join(KNOWN_TASKS)}")
     if len(request.args) != 2:
@@ -131,4 +133,4 @@ def validate_submission(
     _check_reachable(input_url, 0, "input", policy, file_root)
     if isinstance(parse_destination(output_url, s3_endpoint=s3_endpoint), HttpPut | LocalFile):
         _check_reachable(output_url, 1, "output", policy, file_root)
-    return input_url, output_url, _check_options(request.kwargs, output_url)
+    return input_url, output_url, _check_options(request.kwargs, output_url, max_output_pixels)
