@@ -395,8 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     order = [args.only] if args.only else [args.first] + [s for s in ("task-manager", "celery") if s != args.first]
-    if args.tracing:
-        order = ["task-manager", TRACED]
+    if args.tracing:  # --first task-manager+otel runs the traced stack first
+        order = [TRACED, "task-manager"] if args.first == TRACED else ["task-manager", TRACED]
     workdir = Path(tempfile.mkdtemp(prefix="tm-samework-"))
     results: list[RunResult] = []
     broken: list[str] = []  # stacks that could not run (start-up or warm-up failed): reported, then the next one

@@ -95,6 +95,8 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"
 
     events_max_age_s: float = Field(default=7 * 24 * 3600, gt=0)
+    # Intermediate images (TM_BLOBS) are removed when their task ends; this bounds the ones a crash left behind.
+    blobs_max_age_s: float = Field(default=24 * 3600, gt=0)
     # How long an ended task stays listed and readable (GET, the list); then the sweeper removes it.
     result_ttl_s: float = Field(default=7 * 24 * 3600, gt=0)
     events_keepalive_s: float = Field(default=15.0, gt=0)  # SSE comment line while a task's stream is quiet

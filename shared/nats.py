@@ -33,6 +33,7 @@ from shared.messages import PIPELINE, PRIORITIES
 from shared.topology import log_stream_config, notifier_consumer_config, stage_consumer_config, work_stream_config
 from shared.wire import (
     BLOBS_BUCKET,
+    BLOBS_STREAM,
     CHANGES_SUBJECTS,
     DEAD_STREAM,
     DEAD_SUBJECTS,
@@ -139,11 +140,14 @@ async def _declare_consumer(js: JetStreamContext, stream: str, config: ConsumerC
 
 
 async def _declare_object_store(js: JetStreamContext, settings: Settings) -> ObjectStore:
+    config = ObjectStoreConfig(replicas=settings.replicas, storage=StorageType.FILE, ttl=settings.blobs_max_age_s)
     try:
-        return await js.create_object_store(
-            BLOBS_BUCKET, ObjectStoreConfig(replicas=settings.replicas, storage=StorageType.FILE)
-        )
-    except BadRequestError:
+        return await js.create_object_store(BLOBS_BUCKET, config)
+    except BadRequestError:  # there already: keep its objects, take this configuration's retention
+        stream = (await js.stream_info(BLOBS_STREAM)).config
+        if stream.max_age != settings.blobs_max_age_s:
+            stream.max_age = settings.blobs_max_age_s
+            await js.update_stream(stream)
         return await js.object_store(BLOBS_BUCKET)
 
 

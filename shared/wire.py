@@ -143,6 +143,7 @@ IDEMPOTENCY_BUCKET = "TM_IDEMPOTENCY"  # KV with TTL: hashed Idempotency-Key -> 
 WORKERS_BUCKET = "TM_WORKERS"  # KV with TTL: <service>.<worker_id> -> WorkerInfo JSON (heartbeats)
 SESSIONS_BUCKET = "TM_SESSIONS"  # KV with TTL: dashboard session ids signed out (kept one session lifetime)
 BLOBS_BUCKET = "TM_BLOBS"  # object store: <task_id>/input, <task_id>/output
+BLOBS_STREAM = f"OBJ_{BLOBS_BUCKET}"  # the stream under the object store (its max age is the objects' retention)
 
 
 def service_status_subject(name: str, instance_id: str) -> str:
