@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from services.api.dashboard.history import History
 from services.api.metrics import ApiMetrics
+from services.api.tasks.etareads import EtaSource
 from services.api.tasks.index import TaskIndex
 from shared.config import Settings
 from shared.nats import Topology
@@ -27,8 +28,10 @@ class ApiContext:
     queue: QueueDepth
     index: TaskIndex = field(default_factory=TaskIndex)  # every stored task, for listing
     history: History = field(default_factory=History)  # the last hour, for the dashboard's charts
+    eta: EtaSource = field(init=False)  # a task's estimated completion, from the topology's workers and queues
 
     def __post_init__(self) -> None:
+        self.eta = EtaSource(self.topology)
         self.index.listeners.append(self.history.task_changed)
 
 

@@ -91,6 +91,15 @@ class TaskStatus(stored.TaskStatus):
     """What GET /api/v1/tasks/{id} returns: the reference's fields plus a few users will want."""
 
     result: TaskResult | None = Field(default=None, description="Set once the task is SUCCESS")  # type: ignore[assignment]
+    eta: str | None = Field(
+        default=None,
+        description="Estimated completion (ISO 8601 UTC) of a PENDING, RECEIVED or STARTED task, from the workers' "
+        "measured time per task and the queue ahead of it; null once the task has ended, or while no worker of a "
+        "stage still ahead has measured a task. How close it comes: docs/operations.md",
+    )
+    eta_s: float | None = Field(
+        default=None, description="The same as seconds from when this status was read (no clock to agree on)"
+    )
 
 
 class CleanupResponse(BaseModel):

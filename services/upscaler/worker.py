@@ -23,6 +23,7 @@ from shared.messages import Category, TaskMessage
 from shared.nats import Topology
 from shared.runtime.job import Job
 from shared.runtime.service import StageHandler
+from shared.runtime.servicetime import ModelRates
 from shared.taskstate.status import StaleRunError, TaskFinishedError
 from shared.taskstate.store import TaskGoneError
 
@@ -109,10 +110,12 @@ async def make_handler(topology: Topology, settings: Settings, upscaler: Upscale
     # decoding, pasting tiles into the output (plan.py) and encoding. A PNG output is encoded in bands on this
     # pool, one thread per usable core, so even one image at a time uses them all.
     cpu = ThreadPoolExecutor(cpu_threads(settings.cpu_threads), thread_name_prefix="upscaler-cpu")
+    rates = ModelRates()  # megapixels per second per model, in the heartbeat record (the API's eta)
 
     def run(data: bytes, category: Category, task: TaskMessage, progress: ProgressBridge):
         open_image(data, load=False, max_pixels=max_pixels, formats=formats)  # format and size, before decoding
         picture = codec.decode(data)  # keeps 16-bit PNGs 16-bit, alpha, EXIF orientation, ICC profile
+        began = time.monotonic()
         try:
             result = engine.upscale_picture(
                 picture, category, task.options, progress, priority=task.priority, cancel=progress.cancel
@@ -121,6 +124,8 @@ async def make_handler(topology: Topology, settings: Settings, upscaler: Upscale
             if progress.ended is not None:
                 raise progress.ended from None  # revoked or deleted while waiting: dropped, not retried
             raise
+        # Including the wait for the device behind other tasks' tiles: the rate a task sees under this load.
+        rates.observe(result.model_used, picture.width * picture.height, time.monotonic() - began)
         fmt = output_format(task.options.output_format, task.output_url)
         return result, codec.encode(result.picture, fmt, pool=cpu)
 
@@ -150,4 +155,7 @@ async def make_handler(topology: Topology, settings: Settings, upscaler: Upscale
             }
         )
 
-    return StageHandler(handle, collectors=[UpscalerCollector(engine)], describe=engine.describe)
+    def describe() -> dict[str, object]:
+        return engine.describe() | rates.record()
+
+    return StageHandler(handle, collectors=[UpscalerCollector(engine)], describe=describe)

@@ -130,7 +130,11 @@ async def serve_stage(service: str, stage: Stage, make_handler: HandlerFactory) 
     async def start(topology: Topology, settings: Settings, worker_id: str, metrics: WorkerMetrics) -> Running:
         handler = await make_handler(topology, settings)
         runner = StageRunner(stage, handler.handle, topology, settings, worker_id, metrics)
-        return Running(runner, handler.collectors, handler.describe, handler.aclose, stage=stage.value)
+
+        def describe() -> dict[str, Any]:  # the stage's own details, and what a task costs it (the API's eta)
+            return (handler.describe() if handler.describe else {}) | runner.service_time.record()
+
+        return Running(runner, handler.collectors, describe, handler.aclose, stage=stage.value)
 
     await serve(service, start)
 

@@ -42,6 +42,7 @@ from shared.runtime.job import Handler, Job
 from shared.runtime.metrics import WorkerMetrics
 from shared.runtime.ownruns import OwnRuns
 from shared.runtime.puller import PriorityPuller
+from shared.runtime.servicetime import ServiceTime
 from shared.taskstate.status import StageAlreadyDoneError, StaleRunError, TaskFinishedError, TaskStatus, format_time
 from shared.taskstate.store import TaskGoneError, TaskStore
 from shared.wire import enqueue, message_run
@@ -90,6 +91,7 @@ class StageRunner:
         self.counters = StageCounters()
         self._own = OwnRuns(self.store)
         self.in_flight = self._own.in_flight  # the task ids in hand (presence, metrics, micro)
+        self.service_time = ServiceTime(stage.value)  # in the heartbeat record: the API's eta
         self.metrics = metrics  # the process's /metrics (shared/runtime/metrics.py); None in tests that need none
         if metrics is not None:
             metrics.watch_in_flight(stage.value, lambda: len(self.in_flight))
@@ -136,6 +138,8 @@ class StageRunner:
                     log.exception("stage_error", error=repr(exc))
                     outcome = "error"
             elapsed_s = time.monotonic() - started
+            if outcome == "success":
+                self.service_time.observe(elapsed_s)
             if self.metrics is not None:
                 self.metrics.observe(self.stage.value, outcome, elapsed_s)
             log.info(

@@ -15,7 +15,7 @@ from services.api.deps import ContextDep
 from services.api.guards.backpressure import queue_room
 from services.api.schemas import SubmitTaskRequest, SubmitTaskResponse, error
 from services.api.tasks import idempotency, intake
-from shared.taskstate.status import TaskStatus
+from shared.taskstate.status import utc_now
 from shared.wire import task_entry_subject
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
@@ -95,12 +95,18 @@ async def _existing_task(ctx: ContextDep, task_id: str, sync: bool) -> Any:
 
 # response_model: the stored status, documented (and checked on the way out) with its `result` typed
 @router.get("/{task_id}", response_model=schemas.TaskStatus, responses=TASK_ERRORS)
-async def get_task(task_id: str, ctx: ContextDep) -> TaskStatus:
+async def get_task(task_id: str, ctx: ContextDep) -> Any:
     """Retrieve the current status of a task."""
     found = await ctx.store.get(task_id) if valid_id(task_id) else None
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"Task {task_id} not found")
-    return found
+    if found.state.terminal:
+        return found
+    # A task still under way gets its estimated completion (services/api/tasks/eta.py); null when not known.
+    remaining = await ctx.eta.remaining_s(found)
+    if remaining is None:
+        return found
+    return {**found.model_dump(), "eta": utc_now(remaining), "eta_s": round(remaining, 1)}
 
 
 def valid_id(task_id: str) -> bool:
