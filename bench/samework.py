@@ -196,6 +196,7 @@ def run_stack(name: str, infra: Infra, workdir: Path, args: argparse.Namespace, 
     if sink is not None:
         env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.url, "OTEL_BSP_SCHEDULE_DELAY": "1000"}
     stack: Stack = CeleryStack(workdir / name, env) if name == "celery" else TaskManagerStack(workdir / name, env)
+    stack.name = name  # the traced task-manager is reported under its own name
     started = time.perf_counter()
     try:
         stack.start()
