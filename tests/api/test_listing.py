@@ -216,3 +216,24 @@ def test_the_index_keeps_order_through_rewrites_and_removals() -> None:
     page, more = index.page(Filters(), 10, after=page[-1].key)
     assert ids(page) == ids([rows[4], rows[3], rows[2], rows[1], rows[0]]) and not more
     assert len(index) == 9
+
+
+@pytest.mark.parametrize("states", [(), (TaskState.FAILURE,), (TaskState.SUCCESS, TaskState.PENDING)])
+@pytest.mark.parametrize("priority", [None, 0, 3])
+@pytest.mark.parametrize("category", [None, "anime", "photo"])
+@pytest.mark.parametrize("model", [None, "realesr-animevideov3"])
+def test_every_filter_combination_finds_what_a_plain_scan_finds(
+    states: tuple[TaskState, ...], priority: int | None, category: str | None, model: str | None
+) -> None:
+    rows = [TaskSummary.of(t) for t in corpus()]
+    index = TaskIndex()
+    for row in rows:
+        index.put(row)
+    filters = Filters(states=frozenset(states), priority=priority, category=category, model=model)
+    expected = [
+        r for r in sorted(rows, key=lambda r: r.key, reverse=True)
+        if (not states or r.state in states) and priority in (None, r.priority)
+        and category in (None, r.category) and model in (None, r.model)
+    ]  # fmt: skip
+    page, more = index.page(filters, 200)
+    assert ids(page) == ids(expected) and not more
