@@ -121,8 +121,8 @@ def trace_id() -> str | None:
         return None
     from opentelemetry import trace
 
-    context = trace.get_current_span().get_span_context()
-    return format(context.trace_id, "032x") if context.is_valid else None
+    span = trace.get_current_span()
+    return _span_trace_id(span) if span.get_span_context().is_valid else None
 
 
 def annotate(attributes: Mapping[str, str | int | float | bool]) -> None:
@@ -161,7 +161,7 @@ def consuming(stage: str, msg: Msg, task_id: str, run: int) -> Iterator[Any]:
     kind = trace.SpanKind.CONSUMER
     with (
         _tracer.start_as_current_span(stage, context=parent, kind=kind, start_time=now, attributes=attributes) as span,
-        structlog.contextvars.bound_contextvars(trace_id=current_trace_id(span)),
+        structlog.contextvars.bound_contextvars(trace_id=_span_trace_id(span)),
     ):
         yield span
 
@@ -176,7 +176,7 @@ def delivering(headers: Mapping[str, str] | None, attributes: dict[str, Any]) ->
     kind = trace.SpanKind.CLIENT
     with (
         _tracer.start_as_current_span("webhook", context=parent, kind=kind, attributes=attributes) as span,
-        structlog.contextvars.bound_contextvars(trace_id=current_trace_id(span)),
+        structlog.contextvars.bound_contextvars(trace_id=_span_trace_id(span)),
     ):
         yield span
 
@@ -190,7 +190,7 @@ def outcome(span: Any, result: str, detail: str | None = None) -> None:
         span.set_status(Status(StatusCode.ERROR, detail or result))
 
 
-def current_trace_id(span: Any) -> str:
+def _span_trace_id(span: Any) -> str:
     return format(span.get_span_context().trace_id, "032x")
 
 
@@ -218,7 +218,7 @@ class TraceRequests:
         kind, attributes = trace.SpanKind.SERVER, {"http.request.method": "POST", "url.path": scope["path"]}
         context = propagate.extract(headers)
         with _tracer.start_as_current_span("POST", context=context, kind=kind, attributes=attributes) as span:
-            with structlog.contextvars.bound_contextvars(trace_id=current_trace_id(span)):
+            with structlog.contextvars.bound_contextvars(trace_id=_span_trace_id(span)):
                 await self.app(scope, receive, sending)
             route = getattr(scope.get("route"), "path", None)  # the template (/api/v1/tasks/{task_id}/retry)
             span.update_name(f"POST {route or scope['path']}")

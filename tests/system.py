@@ -15,8 +15,8 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import httpx
@@ -24,7 +24,8 @@ import nats
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError, NotFoundError
 
 from shared.messages import PRIORITIES
-from shared.wire import EVENTS_SUBJECTS, WORKERS_BUCKET, work_stream
+from shared.taskstate.status import TaskStatus
+from shared.wire import EVENTS_SUBJECTS, TASKS_BUCKET, WORKERS_BUCKET, work_stream
 from tests.servers import start_nats
 
 STAGE_SERVICES = ("fetcher", "classifier", "upscaler", "uploader")
@@ -174,6 +175,30 @@ def system_on_own_nats(directory: Path, env: dict[str, str], *services: str) -> 
     finally:
         system.stop()
         server.stop()
+
+
+@asynccontextmanager
+async def started_on_own_nats(directory: Path, env: dict[str, str], *services: str) -> AsyncIterator[System]:
+    """system_on_own_nats for a test already in an event loop."""
+    server = start_nats(directory / "nats")
+    system = System(server.url, directory / "logs", env)
+    try:
+        await system.start(*services)
+        yield system
+    finally:
+        system.stop()
+        server.stop()
+
+
+async def store_statuses(nats_url: str, statuses: list[TaskStatus]) -> None:
+    """Write task entries straight into the task bucket, as the pipeline leaves them."""
+    nc = await nats.connect(nats_url)
+    try:
+        kv = await nc.jetstream().key_value(TASKS_BUCKET)
+        for status in statuses:
+            await kv.put(status.task_id, status.to_json())
+    finally:
+        await nc.close()
 
 
 async def wait_terminal(nats_url: str, task_ids: list[str], timeout_s: float = 60) -> dict[str, dict]:

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import start_nats
-from tests.system import System, system_on_own_nats
+from tests.system import System, started_on_own_nats, system_on_own_nats
 
 TASK = "image_super_resolution_pipeline"
 SUBMISSION = {"task_name": TASK, "args": ["https://example.com/in.jpg", "s3://bucket/out.png"]}
@@ -31,14 +30,8 @@ def api_only(directory: Path, **env: str) -> Iterator[System]:
 @pytest.fixture
 async def api_system(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[System]:
     marker = request.node.get_closest_marker("system_env")
-    server = start_nats(tmp_path / "nats")
-    system = System(server.url, tmp_path / "logs", dict(marker.kwargs) if marker else {})
-    try:
-        await system.start("api")
+    async with started_on_own_nats(tmp_path, dict(marker.kwargs) if marker else {}, "api") as system:
         yield system
-    finally:
-        system.stop()
-        server.stop()
 
 
 @pytest.fixture(scope="module")

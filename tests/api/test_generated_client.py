@@ -182,14 +182,14 @@ export const three: Args = ["https://example.com/in.png", "s3://bucket/out.png",
 def test_openapi_typescript_takes_the_live_document(system: System, tmp_path: Path) -> None:
     npm = shutil.which("npm")
     if npm is None:
-        pytest.skip("npm is not installed")
+        pytest.skip(reason="npm is not installed")
     install = [npm, "install", "--no-audit", "--no-fund", "--prefix", str(tmp_path), "openapi-typescript@7"]
     try:
         installed = subprocess.run(install, capture_output=True, text=True, timeout=90)
     except subprocess.TimeoutExpired:
-        pytest.skip("npm could not install openapi-typescript in 90 s (no registry?)")
+        pytest.skip(reason="npm could not install openapi-typescript in 90 s (no registry?)")
     if installed.returncode != 0:
-        pytest.skip(f"npm could not install openapi-typescript: {installed.stderr[-500:]}")
+        pytest.skip(reason=f"npm could not install openapi-typescript: {installed.stderr[-500:]}")
     tools = tmp_path / "node_modules" / ".bin"
     generated = subprocess.run(
         [str(tools / "openapi-typescript"), f"{system.api_url}/openapi.json", "-o", str(tmp_path / "schema.d.ts")],

@@ -10,22 +10,18 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
-import nats
 import pytest
 
 from services.api.tasks.index import Filters, TaskIndex, TaskSummary
 from shared.messages import Category, Classification
 from shared.taskstate.status import TaskState, TaskStatus, format_time
-from shared.wire import TASKS_BUCKET
 from tests.api.conftest import SUBMISSION
-from tests.servers import start_nats
-from tests.system import System
+from tests.system import System, started_on_own_nats, store_statuses
 
 WAIT_S = 15.0
 
@@ -62,35 +58,13 @@ def corpus() -> list[TaskStatus]:
     return tasks
 
 
-@asynccontextmanager
-async def api_alone(directory: Path, **env: str) -> AsyncIterator[System]:
-    server = start_nats(directory / "nats")
-    system = System(server.url, directory / "logs", env)
-    try:
-        await system.start("api")
-        yield system
-    finally:
-        system.stop()
-        server.stop()
-
-
 @pytest.fixture
 async def listed(tmp_path: Path) -> AsyncIterator[tuple[System, list[TaskStatus]]]:
-    async with api_alone(tmp_path) as system:
+    async with started_on_own_nats(tmp_path, {}, "api") as system:
         tasks = corpus()
-        await put(system, tasks)
+        await store_statuses(system.nats_url, tasks)
         await until_listed(system, {"limit": 200}, len(tasks))
         yield system, tasks
-
-
-async def put(system: System, tasks: list[TaskStatus]) -> None:
-    nc = await nats.connect(system.nats_url)
-    try:
-        kv = await nc.jetstream().key_value(TASKS_BUCKET)
-        for status in tasks:
-            await kv.put(status.task_id, status.to_json())
-    finally:
-        await nc.close()
 
 
 async def get(system: System, params: dict[str, Any]) -> httpx.Response:
@@ -188,8 +162,8 @@ async def test_history_past_its_keeping_time_is_removed(tmp_path: Path) -> None:
     """TM_RESULT_TTL_S is 4 s here: an ended task whose end is older goes, an unfinished one stays."""
     old_end = stored(1000, TaskState.SUCCESS, ago_s=3600)
     old_running = stored(1001, TaskState.STARTED, ago_s=3600)
-    async with api_alone(tmp_path, TM_RESULT_TTL_S="4") as system:
-        await put(system, [old_end, old_running])
+    async with started_on_own_nats(tmp_path, {"TM_RESULT_TTL_S": "4"}, "api") as system:
+        await store_statuses(system.nats_url, [old_end, old_running])
         await until_listed(system, {}, 1)  # the sweeper's next look (every TTL / 2) removes the ended one
         async with httpx.AsyncClient(base_url=system.api_url, timeout=10) as client:
             assert (await client.get(f"/api/v1/tasks/{old_end.task_id}")).status_code == 404

@@ -14,14 +14,12 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-import nats
 
 from services.api.dashboard.page import cell
 from services.api.dashboard.taskpage import render_task_page, search_query
 from shared.messages import Category, Classification, Stage
 from shared.taskstate.status import Subtask, TaskState, TaskStatus, format_time
-from shared.wire import TASKS_BUCKET
-from tests.system import System
+from tests.system import System, store_statuses
 
 HOSTILE = "<script>alert(1)</script>"
 TASK_ID = "0b5c3c1e-2f0a-4a5e-9a9e-3a1c2d4e5f60"
@@ -177,13 +175,7 @@ def corpus(now: datetime) -> list[TaskStatus]:
 async def stored(system: System, api: httpx.AsyncClient, now: datetime) -> list[TaskStatus]:
     """The corpus written into the task bucket as the pipeline leaves tasks, once the API's index shows it all."""
     tasks = corpus(now)
-    nc = await nats.connect(system.nats_url)
-    try:
-        kv = await nc.jetstream().key_value(TASKS_BUCKET)
-        for status in tasks:
-            await kv.put(status.task_id, status.to_json())
-    finally:
-        await nc.close()
+    await store_statuses(system.nats_url, tasks)
     deadline = time.monotonic() + 15
     while len((await api.get("/api/v1/tasks", params={"limit": 200})).json()["tasks"]) < len(tasks):
         assert time.monotonic() < deadline, "the API's task index never showed every stored task"

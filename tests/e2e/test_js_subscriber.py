@@ -28,7 +28,7 @@ TASK = "image_super_resolution_pipeline"
 def node_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A folder with the example and the NATS client packages installed from npm."""
     if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("node and npm are not installed")
+        pytest.skip(reason="node and npm are not installed")
     folder = tmp_path_factory.mktemp("js-subscriber")
     shutil.copy(EXAMPLE, folder / EXAMPLE.name)
     try:
@@ -37,9 +37,9 @@ def node_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             cwd=folder, capture_output=True, text=True, timeout=180,
         )  # fmt: skip
     except subprocess.TimeoutExpired:
-        pytest.skip("npm install took over 180 s (registry out of reach?)")
+        pytest.skip(reason="npm install took over 180 s (registry out of reach?)")
     if installed.returncode != 0:
-        pytest.skip(f"npm install failed (registry out of reach?): {installed.stderr[-500:]}")
+        pytest.skip(reason=f"npm install failed (registry out of reach?): {installed.stderr[-500:]}")
     yield folder
 
 

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from pydantic import BaseModel, Field
@@ -24,7 +25,7 @@ from services.api.dashboard.overview import list_workers
 from services.api.tasks.index import TaskSummary
 from shared.messages import PIPELINE
 from shared.nats import Topology
-from shared.queues import snapshot
+from shared.queues import QueueSnapshot, snapshot
 from shared.taskstate.status import TERMINAL_STATES, TaskState, format_time, parse_time
 
 BIN_S = 10
@@ -106,9 +107,8 @@ class History:
         if found is not None:
             found.queued, found.gpu_used_mb = queued, gpu_used_mb
 
-    async def sample(self, topology: Topology) -> None:
-        """Read the queues and the upscalers' device memory now."""
-        queues, workers = await asyncio.gather(snapshot(topology.js), list_workers(topology))
+    def record(self, queues: QueueSnapshot, workers: list[dict[str, Any]]) -> None:
+        """A sample from a read already made: the queues and the workers' heartbeat records."""
         self.sampled(
             {s.stage: s.pending + s.ack_pending for s in queues.stages},
             {
@@ -117,6 +117,10 @@ class History:
                 if w.get("service") == "upscaler" and w.get("memory_used_mb") is not None
             },
         )
+
+    async def sample(self, topology: Topology) -> None:
+        """Read the queues and the upscalers' device memory now."""
+        self.record(*await asyncio.gather(snapshot(topology.js), list_workers(topology)))
 
     async def sample_forever(self, topology: Topology) -> None:
         while True:

@@ -4,7 +4,6 @@ to refresh itself), /dashboard/history (the last hour, charted by /dashboard/cha
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -59,16 +58,23 @@ async def metrics(ctx: ContextDep) -> Response:
 @router.get("/data", response_model=DashboardData)
 async def dashboard_data(request: Request, ctx: ContextDep) -> DashboardData:
     """Everything the dashboard shows, as JSON: workers, GPUs, queues, recent tasks, endpoints."""
-    return await collect(ctx.topology, _endpoints(request))
+    return await _collect(request, ctx)
+
+
+async def _collect(request: Request, ctx: ApiContext) -> DashboardData:
+    """The dashboard's read, which is also the charts' newest sample (no second read of the same queues)."""
+    data = await collect(ctx.topology, _endpoints(request))
+    ctx.history.record(data.queues, [worker.model_dump() for worker in data.workers])
+    return data
 
 
 @router.get("", response_class=Response, responses=_text("text/html", "The dashboard page"))
 async def dashboard(request: Request, ctx: ContextDep) -> HTMLResponse:
     """View system metrics and status."""
-    data, history = await asyncio.gather(collect(ctx.topology, _endpoints(request)), _history(ctx))
+    data = await _collect(request, ctx)
     signed_in = SESSION_COOKIE in request.cookies
     data_url = str(request.url_for("dashboard_data").path)
-    page = render_page(data.model_dump(mode="json"), data_url, render_charts(history), signed_in)
+    page = render_page(data.model_dump(mode="json"), data_url, render_charts(ctx.history.view()), signed_in)
     return HTMLResponse(page)
 
 
